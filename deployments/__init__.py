@@ -1,0 +1,1 @@
+"""One module (or package) per model service; each exposes `build(name, args)`."""

@@ -1,0 +1,108 @@
+"""How a service declares its HTTP endpoints.
+
+A service method decorated with `@endpoint(...)` becomes `POST /<service><path>` (and
+`<path>/stream` when streaming is on) on the ingress. The method is plain and synchronous:
+
+    @endpoint("/sprint", input=SprintInput, output=ImagesOutput, billing=units)
+    def sprint(self, request: SprintInput, ctx: RunContext) -> ImagesOutput: ...
+
+It runs in a worker thread of the service replica; `ctx.progress(...)` reports progress (it feeds
+the SSE stream) and `ctx.cancelled` says when the caller is gone.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+
+F = TypeVar("F", bound=Callable[..., Any])
+BillingFn = Callable[[Any], float]
+
+_ATTR = "__serve_endpoint__"
+
+
+@dataclass(frozen=True)
+class EndpointSpec:
+    """One endpoint of a service: what the ingress needs to route, document and bill it."""
+
+    path: str
+    method: str
+    input_model: type[BaseModel]
+    output_model: type[BaseModel]
+    billing: BillingFn | None = None
+    stream: bool = True
+    summary: str = ""
+    description: str = ""
+
+    def route(self, prefix: str) -> str:
+        """The full HTTP path under a service prefix (`/sana` + `/sprint`)."""
+        return f"{prefix}{self.path}" if self.path not in ("", "/") else prefix
+
+    def billable_units(self, request: BaseModel) -> float:
+        """Units for `x-fal-billable-units` (1 when the endpoint bills per request)."""
+        return float(self.billing(request)) if self.billing else 1.0
+
+
+def endpoint(
+    path: str,
+    *,
+    input: type[BaseModel],
+    output: type[BaseModel],
+    billing: BillingFn | None = None,
+    stream: bool = True,
+    summary: str | None = None,
+) -> Callable[[F], F]:
+    """Mark a service method as an HTTP endpoint (see the module docstring)."""
+    if path and not path.startswith("/"):
+        raise ValueError(f"endpoint path must start with '/': {path!r}")
+
+    def decorate(fn: F) -> F:
+        doc = inspect.getdoc(fn) or ""
+
+        @functools.wraps(fn)
+        def wrapper(self: Any, request: Any, ctx: Any = None) -> Any:
+            # Also the entry point for direct Python handle calls (`handle.generate.remote(req)`):
+            # accept a dict or the model, supply a context, and respect the service's lock.
+            if not isinstance(request, input):
+                request = input.model_validate(request.model_dump() if isinstance(request, BaseModel) else request)
+            if ctx is None:
+                from serve_app.service import RunContext
+
+                ctx = RunContext()
+            with self._run_guard(ctx):
+                return fn(self, request, ctx)
+
+        spec = EndpointSpec(
+            path=path.rstrip("/"),
+            method=fn.__name__,
+            input_model=input,
+            output_model=output,
+            billing=billing,
+            stream=stream,
+            summary=summary or (doc.splitlines()[0] if doc else fn.__name__),
+            description=doc,
+        )
+        setattr(wrapper, _ATTR, spec)
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def collect_endpoints(cls: type) -> list[EndpointSpec]:
+    """Every endpoint a service class declares, in definition order; paths must be unique."""
+    specs: list[EndpointSpec] = []
+    for klass in reversed(cls.__mro__):
+        for value in vars(klass).values():
+            spec = getattr(value, _ATTR, None)
+            if isinstance(spec, EndpointSpec):
+                specs = [s for s in specs if s.method != spec.method] + [spec]
+    paths = [s.path for s in specs]
+    dupes = {p for p in paths if paths.count(p) > 1}
+    if dupes:
+        raise ValueError(f"{cls.__name__} declares the same endpoint path twice: {sorted(dupes)}")
+    return specs

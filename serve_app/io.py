@@ -1,0 +1,121 @@
+"""File-like outputs (fal's File / Image / Audio / Video) and the ImageSize input.
+
+A service builds outputs from bytes (`File.from_bytes`, `Image.from_pil`); the bytes travel with
+the object to the ingress, which stores them and fills in `url` (see `storage.materialize`). On the
+wire an output is `{url, content_type, file_name, file_size}`, images add `width` and `height`.
+"""
+
+from __future__ import annotations
+
+import io
+import mimetypes
+import uuid
+from typing import TYPE_CHECKING, Any, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+
+if TYPE_CHECKING:
+    from PIL.Image import Image as PILImage
+
+MAX_IMAGE_SIDE = 14142  # fal's bound on ImageSize width/height
+
+
+class File(BaseModel):
+    """A file output. `url` is filled in by the output store before the response leaves."""
+
+    model_config = ConfigDict(json_schema_extra={"ui": {"field": "file"}})
+
+    url: str = Field(description="URL where the file can be downloaded from.")
+    content_type: str | None = Field(default=None, description="MIME type of the file.")
+    file_name: str | None = Field(default=None, description="Name of the file.")
+    file_size: int | None = Field(default=None, description="Size of the file in bytes.")
+    _data: bytes | None = PrivateAttr(default=None)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, content_type: str, file_name: str | None = None, **extra: Any) -> Self:
+        """A file holding `data`, not yet stored (its `url` is empty until materialised)."""
+        if file_name is None:
+            ext = mimetypes.guess_extension(content_type) or ".bin"
+            file_name = f"{uuid.uuid4().hex}{ext}"
+        obj = cls(url="", content_type=content_type, file_name=file_name, file_size=len(data), **extra)
+        obj._data = data
+        return obj
+
+    @property
+    def data(self) -> bytes | None:
+        """The bytes not yet stored, or None once materialised."""
+        return self._data
+
+    def mark_stored(self, url: str) -> None:
+        """Record where the bytes went and drop them from memory."""
+        self.url = url
+        self._data = None
+
+
+ImageFormat = Literal["jpeg", "png"]
+_PIL_FORMATS = {"jpeg": ("JPEG", "image/jpeg", ".jpg"), "png": ("PNG", "image/png", ".png")}
+
+
+class Image(File):
+    """An image output with its pixel size."""
+
+    width: int | None = Field(default=None, description="Width of the image in pixels.")
+    height: int | None = Field(default=None, description="Height of the image in pixels.")
+
+    @classmethod
+    def from_pil(cls, image: PILImage, format: ImageFormat = "jpeg") -> Self:
+        """Encode a PIL image as fal does: JPEG quality 95, PNG compress level 1."""
+        pil_format, content_type, ext = _PIL_FORMATS[format]
+        buf = io.BytesIO()
+        if pil_format == "JPEG":
+            image.convert("RGB").save(buf, format="JPEG", quality=95)
+        else:
+            image.save(buf, format="PNG", compress_level=1)
+        return cls.from_bytes(
+            buf.getvalue(),
+            content_type=content_type,
+            file_name=f"{uuid.uuid4().hex}{ext}",
+            width=image.width,
+            height=image.height,
+        )
+
+
+class Audio(File):
+    """An audio output."""
+
+
+class Video(File):
+    """A video output."""
+
+
+class ImageSizeDims(BaseModel):
+    """An explicit image size in pixels."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    width: int = Field(default=512, gt=0, le=MAX_IMAGE_SIDE, description="The width of the generated image.")
+    height: int = Field(default=512, gt=0, le=MAX_IMAGE_SIDE, description="The height of the generated image.")
+
+
+ImageSizePreset = Literal[
+    "square_hd", "square", "portrait_4_3", "portrait_16_9", "landscape_4_3", "landscape_16_9"
+]
+
+IMAGE_SIZE_PRESETS: dict[str, tuple[int, int]] = {
+    "square_hd": (1024, 1024),
+    "square": (512, 512),
+    "portrait_4_3": (768, 1024),
+    "portrait_16_9": (576, 1024),
+    "landscape_4_3": (1024, 768),
+    "landscape_16_9": (1024, 576),
+}
+
+ImageSize = ImageSizeDims | ImageSizePreset
+"""fal's `ImageSizeInput`: a preset name or `{width, height}`."""
+
+
+def resolve_image_size(size: ImageSize) -> tuple[int, int]:
+    """`(width, height)` of a preset name or explicit size."""
+    if isinstance(size, str):
+        return IMAGE_SIZE_PRESETS[size]
+    return size.width, size.height
