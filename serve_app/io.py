@@ -19,6 +19,19 @@ if TYPE_CHECKING:
 
 MAX_IMAGE_SIDE = 14142  # fal's bound on ImageSize width/height
 
+# Types the generated files use, registered so guesses agree on every OS (several lack .glb, and
+# some map .wav only to audio/x-wav); the first registration of a type wins its extension.
+for _type, _ext in (("image/jpeg", ".jpg"), ("image/png", ".png"), ("image/webp", ".webp"),
+                    ("audio/wav", ".wav"), ("audio/mpeg", ".mp3"), ("video/mp4", ".mp4"),
+                    ("model/gltf-binary", ".glb"), ("application/zip", ".zip"),
+                    ("application/safetensors", ".safetensors")):
+    mimetypes.add_type(_type, _ext)
+
+
+def extension_for(content_type: str) -> str:
+    """The usual file extension of a MIME type (`.bin` when unknown)."""
+    return mimetypes.guess_extension(content_type.split(";")[0].strip()) or ".bin"
+
 
 class File(BaseModel):
     """A file output. `url` is filled in by the output store before the response leaves."""
@@ -35,8 +48,7 @@ class File(BaseModel):
     def from_bytes(cls, data: bytes, content_type: str, file_name: str | None = None, **extra: Any) -> Self:
         """A file holding `data`, not yet stored (its `url` is empty until materialised)."""
         if file_name is None:
-            ext = mimetypes.guess_extension(content_type) or ".bin"
-            file_name = f"{uuid.uuid4().hex}{ext}"
+            file_name = f"{uuid.uuid4().hex}{extension_for(content_type)}"
         obj = cls(url="", content_type=content_type, file_name=file_name, file_size=len(data), **extra)
         obj._data = data
         return obj

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import mimetypes
 import os
 import re
 import tempfile
@@ -20,7 +19,7 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from serve_app.io import File
+from serve_app.io import File, extension_for
 
 FILES_ROUTE = "/files"
 _KEY_RE = re.compile(r"^[0-9a-f]{32}(\.[A-Za-z0-9]{1,8})?$")
@@ -72,7 +71,7 @@ class LocalStore:
     async def put(self, data: bytes, content_type: str, file_name: str | None, base_url: str) -> str:
         ext = Path(file_name).suffix if file_name else ""
         if not re.fullmatch(r"\.[A-Za-z0-9]{1,8}", ext):
-            ext = mimetypes.guess_extension(content_type) or ""
+            ext = extension_for(content_type)
         key = f"{uuid.uuid4().hex}{ext}"
         await asyncio.to_thread(self._write, key, data)
         return f"{base_url.rstrip('/')}{FILES_ROUTE}/{key}"

@@ -1,0 +1,121 @@
+"""Output store, SSE framing and heartbeats, endpoint declarations."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel
+
+from serve_app.endpoints import collect_endpoints, endpoint
+from serve_app.io import File, Image
+from serve_app.service import RunContext, Service
+from serve_app.storage import DataUrlStore, LocalStore, StorageConfig, make_store, materialize
+from serve_app.streaming import HEARTBEAT, Progress, sse_frame, with_heartbeats
+
+
+class Out(BaseModel):
+    files: list[File]
+    cover: Image | None = None
+
+
+def test_local_store_writes_and_serves_only_its_keys(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    out = Out(files=[File.from_bytes(b"one", "text/plain", "a.txt"), File.from_bytes(b"two", "image/png")])
+    asyncio.run(materialize({"nested": [out]}, store, "http://host:8000/"))
+    for f, data in zip(out.files, (b"one", b"two"), strict=True):
+        assert f.url.startswith("http://host:8000/files/") and f.data is None
+        key = f.url.rsplit("/", 1)[1]
+        path = store.path_for(key)
+        assert path is not None and path.read_bytes() == data
+    assert out.files[1].url.endswith(".png")
+    for bad in ("../secret", "a" * 32 + "/../x", "nothere", "0" * 32 + ".jpg"):
+        assert store.path_for(bad) is None
+
+
+def test_data_url_store() -> None:
+    f = File.from_bytes(b"\x00\x01", "application/octet-stream")
+    asyncio.run(materialize(f, DataUrlStore(), "unused"))
+    assert f.url == "data:application/octet-stream;base64," + base64.b64encode(b"\x00\x01").decode()
+
+
+def test_make_store_defaults_to_local(tmp_path: Path) -> None:
+    assert isinstance(make_store(StorageConfig(directory=str(tmp_path))), LocalStore)
+    assert isinstance(make_store(StorageConfig(kind="data_url")), DataUrlStore)
+
+
+def test_sse_frame_and_progress_json() -> None:
+    assert sse_frame({"a": 1}) == 'data: {"a":1}\n\n'
+    assert Progress(3, 4, "denoising").to_json() == {
+        "type": "progress", "step": 3, "total": 4, "progress": 0.75, "message": "denoising"}
+
+
+def test_heartbeats_fill_silences() -> None:
+    async def slow() -> AsyncIterator[str]:
+        yield "a"
+        await asyncio.sleep(0.35)
+        yield "b"
+
+    async def collect() -> list[str]:
+        return [x async for x in with_heartbeats(slow(), 0.1)]
+
+    frames = asyncio.run(collect())
+    assert frames[0] == "a" and frames[-1] == "b"
+    assert 2 <= frames.count(HEARTBEAT) <= 4
+
+
+class In(BaseModel):
+    n: int = 1
+
+
+class Svc(Service):
+    @endpoint("", input=In, output=Out, billing=lambda r: r.n * 2)
+    def root(self, request: In, ctx: RunContext) -> Out:
+        """Root endpoint."""
+        for i in range(request.n):
+            ctx.progress(i + 1, request.n)
+        return Out(files=[])
+
+    @endpoint("/other", input=In, output=Out, stream=False)
+    def other(self, request: In, ctx: RunContext) -> Out:
+        return Out(files=[])
+
+
+def test_collect_endpoints_and_routes() -> None:
+    specs = collect_endpoints(Svc)
+    assert [(s.method, s.path, s.stream) for s in specs] == [("root", "", True), ("other", "/other", False)]
+    assert specs[0].route("/svc") == "/svc" and specs[1].route("/svc") == "/svc/other"
+    assert specs[0].billable_units(In(n=3)) == 6 and specs[1].billable_units(In()) == 1
+    assert specs[0].summary == "Root endpoint."
+
+
+def test_duplicate_paths_are_rejected() -> None:
+    class Dup(Service):
+        @endpoint("/x", input=In, output=Out)
+        def a(self, request: In, ctx: RunContext) -> Out: ...
+
+        @endpoint("/x", input=In, output=Out)
+        def b(self, request: In, ctx: RunContext) -> Out: ...
+
+    with pytest.raises(ValueError, match="same endpoint path"):
+        collect_endpoints(Dup)
+
+
+def test_stream_endpoint_yields_progress_then_output_and_validates_dicts() -> None:
+    async def run() -> list[object]:
+        return [x async for x in Svc().stream_endpoint("root", {"n": 3}, _info())]
+
+    items = asyncio.run(run())
+    assert [type(x).__name__ for x in items] == ["Progress", "Progress", "Progress", "Out"]
+    assert Svc().root({"n": 2}) == Out(files=[])  # direct calls get a context and validation
+    with pytest.raises(Exception, match="validation"):
+        Svc().root({"n": "many"})
+
+
+def _info():  # type: ignore[no-untyped-def]
+    from serve_app.service import RequestInfo
+
+    return RequestInfo("r1")
