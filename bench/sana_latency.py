@@ -26,13 +26,14 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 def timed(fn: Callable[[], Any], runs: int) -> list[float]:
     import torch
 
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     fn()  # warm-up
     out = []
     for _ in range(runs):
-        torch.cuda.synchronize()
+        sync()
         t = time.perf_counter()
         fn()
-        torch.cuda.synchronize()
+        sync()
         out.append(time.perf_counter() - t)
     return out
 
@@ -44,6 +45,7 @@ def main() -> None:
     parser.add_argument("--size", default="square_hd")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--preset", default="full")
+    parser.add_argument("--device", default="cuda", help="cpu only to smoke-test this script with --preset tiny")
     args = parser.parse_args()
 
     import httpx
@@ -57,7 +59,7 @@ def main() -> None:
 
     service_config = {
         "model": {"preset": args.preset}, "sprint_model": {"preset": args.preset},
-        "safety_checker": {"preset": args.preset}, "device": "cuda", "warmup": {"enabled": True},
+        "safety_checker": {"preset": args.preset}, "device": args.device, "warmup": {"enabled": True},
     }
     results: dict[str, dict[str, list[float]]] = {}
     cases = {
@@ -72,26 +74,32 @@ def main() -> None:
         width, height = resolve_image_size(req.image_size)
         pipe = service.base if name == "sana" else service.sprint
         gen_w, gen_h = service._binned_size(pipe, width, height)
-        extra = {"negative_prompt": ""} if name == "sana" else {"intermediate_timesteps": 1.3 if req.num_inference_steps == 2 else None}
+        if name == "sana":
+            extra: dict[str, Any] = {"negative_prompt": ""}
+        else:
+            extra = {"intermediate_timesteps": 1.3 if req.num_inference_steps == 2 else None}
 
         def bare(pipe: Any = pipe, req: Any = req, gen_w: int = gen_w, gen_h: int = gen_h, extra: Any = extra) -> Any:
             with torch.inference_mode():
                 return pipe(prompt=req.prompt, width=gen_w, height=gen_h, use_resolution_binning=False,
                             num_inference_steps=req.num_inference_steps, guidance_scale=req.guidance_scale,
-                            generator=torch.Generator("cuda").manual_seed(0), output_type="pil", **extra)
+                            generator=torch.Generator(args.device).manual_seed(0), output_type="pil", **extra)
 
         method = service.generate if name == "sana" else service.sprint_generate
         results[name] = {"bare": timed(bare, args.runs), "method": timed(lambda m=method, r=req: m(r), args.runs)}
-    peak_gib = torch.cuda.max_memory_allocated() / 2**30
+    cuda = args.device == "cuda"
+    peak_gib = torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0
     del service
     gc.collect()
-    torch.cuda.empty_cache()
+    if cuda:
+        torch.cuda.empty_cache()
 
-    ray.init(address="local", num_gpus=1, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_gpus=1 if cuda else 0, num_cpus=4, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": 8000},
                 logging_config={"log_level": "WARNING", "enable_access_log": False})
+    actor = {"num_gpus": int(cuda), "num_cpus": 1}
     app = build_app({"services": {"sana": {"module": "deployments.sana", "config": service_config,
-                                           "deployment": {"ray_actor_options": {"num_gpus": 1, "num_cpus": 1}}}}})
+                                           "deployment": {"ray_actor_options": actor}}}})
     serve.run(app, name="default", route_prefix="/")
     with httpx.Client(base_url="http://127.0.0.1:8000", timeout=600) as client:
         for name, (req, path) in cases.items():
@@ -106,10 +114,11 @@ def main() -> None:
     serve.shutdown()
     ray.shutdown()
 
-    gpu = torch.cuda.get_device_name(0)
+    gpu = torch.cuda.get_device_name(0) if cuda else "CPU"
     print(f"\nSana {args.preset} preset, {args.size}, bf16, {gpu}; median of {args.runs} runs after one warm-up")
     print(f"peak GPU memory in-process (both pipelines + checker): {peak_gib:.1f} GiB")
-    print(f"{'endpoint':8} {'steps':>5} {'bare s':>8} {'method s':>9} {'served s':>9} {'served/bare':>12} {'overhead s':>11}")
+    print(f"{'endpoint':8} {'steps':>5} {'bare s':>8} {'method s':>9} {'served s':>9} "
+          f"{'served/bare':>12} {'overhead s':>11}")
     for name, (req, _) in cases.items():
         med = {k: statistics.median(v) for k, v in results[name].items()}
         print(f"{name:8} {req.num_inference_steps:>5} {med['bare']:>8.3f} {med['method']:>9.3f} {med['served']:>9.3f} "

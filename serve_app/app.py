@@ -93,7 +93,7 @@ def bind_service(cls: type[Service], config: BaseModel, name: str, args: Service
     if args.scaling is not None:
         options.update(args.scaling.deployment_options())
     options.update(args.deployment)
-    deployment = serve.deployment(cls, name=name, **options)
+    deployment: Any = serve.deployment(cls, name=name, **options)
     return ServiceRoute(
         name=name,
         prefix=args.route_prefix or f"/{name}",
@@ -118,4 +118,5 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
     if len(set(prefixes)) != len(prefixes):
         raise ValueError(f"two services share a route prefix: {prefixes}")
     options = {"max_ongoing_requests": 1000, **app_args.ingress_deployment}
-    return serve.deployment(Ingress, name="Ingress", **options).bind(routes, app_args.ingress)
+    ingress: Any = serve.deployment(Ingress, name="Ingress", **options)
+    return ingress.bind(routes, app_args.ingress)  # type: ignore[no-any-return]

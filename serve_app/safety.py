@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("ray.serve")
 
 TINY_IMAGE_SIZE = 32
+LABELS: dict[str, Any] = {"num_labels": 2, "id2label": {0: "normal", 1: "nsfw"}, "label2id": {"normal": 0, "nsfw": 1}}
 
 
 def _image_processor(size: int) -> Any:
@@ -33,16 +34,16 @@ def _tiny_classifier(device: str) -> tuple[Any, Any]:
     import torch
     from transformers import ViTConfig, ViTForImageClassification
 
-    config = ViTConfig(
-        image_size=TINY_IMAGE_SIZE, patch_size=8, hidden_size=16, num_hidden_layers=1,
-        num_attention_heads=2, intermediate_size=32, num_labels=2,
-        id2label={0: "normal", 1: "nsfw"}, label2id={"normal": 0, "nsfw": 1},
-    )
+    config = ViTConfig(**{
+        "image_size": TINY_IMAGE_SIZE, "patch_size": 8, "hidden_size": 16, "num_hidden_layers": 1,
+        "num_attention_heads": 2, "intermediate_size": 32, **LABELS,
+    })
     with build_on(device, torch.float32):
         model = ViTForImageClassification(config)
+    head: Any = model.classifier
     with torch.no_grad():
-        model.classifier.weight.zero_()
-        model.classifier.bias.copy_(torch.tensor([4.0, -4.0]))
+        head.weight.zero_()
+        head.bias.copy_(torch.tensor([4.0, -4.0]))
     return model, _image_processor(TINY_IMAGE_SIZE)
 
 
@@ -51,7 +52,7 @@ def _full_classifier(device: str) -> tuple[Any, Any]:
     import torch
     from transformers import ViTConfig, ViTForImageClassification
 
-    config = ViTConfig(num_labels=2, id2label={0: "normal", 1: "nsfw"}, label2id={"normal": 0, "nsfw": 1})
+    config = ViTConfig(**LABELS)
     with build_on(device, torch.float32):
         model = ViTForImageClassification(config)
     return model, _image_processor(224)

@@ -112,10 +112,10 @@ def build_base(preset: str, device: str, dtype: Any, tokenizer: Any, text_encode
 
     cfg = _configs(preset)
     with build_on(device, dtype):
-        transformer = SanaTransformer2DModel(**cfg["transformer"]).eval()
-        vae = AutoencoderDC(**cfg["vae"]).eval()
+        transformer: Any = SanaTransformer2DModel(**cfg["transformer"])
+        vae: Any = AutoencoderDC(**cfg["vae"])
     return SanaPipeline(
-        tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
+        tokenizer=tokenizer, text_encoder=text_encoder, vae=vae.eval(), transformer=transformer.eval(),
         scheduler=DPMSolverMultistepScheduler(**cfg["scheduler"]),
     )
 
@@ -126,9 +126,9 @@ def build_sprint(preset: str, device: str, dtype: Any, tokenizer: Any, text_enco
 
     cfg = _configs(preset)
     with build_on(device, dtype):
-        transformer = SanaTransformer2DModel(**cfg["sprint_transformer"]).eval()
-        vae = AutoencoderDC(**cfg["vae"]).eval()
+        transformer: Any = SanaTransformer2DModel(**cfg["sprint_transformer"])
+        vae: Any = AutoencoderDC(**cfg["vae"])
     return SanaSprintPipeline(
-        tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
+        tokenizer=tokenizer, text_encoder=text_encoder, vae=vae.eval(), transformer=transformer.eval(),
         scheduler=SCMScheduler(**cfg["sprint_scheduler"]),
     )

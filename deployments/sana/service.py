@@ -47,7 +47,8 @@ class SanaConfig(BaseModel):
     safety_checker: ModelSource = Field(
         default=ModelSource(id=SAFETY_CHECKER_ID), description="NSFW image classifier."
     )
-    nsfw_threshold: float = Field(default=0.5, ge=0, le=1, description="NSFW probability above which an image is flagged.")
+    nsfw_threshold: float = Field(default=0.5, ge=0, le=1,
+                                  description="NSFW probability above which an image is flagged.")
     device: DeviceName = Field(default="auto", description="cuda, cpu, or auto.")
     dtype: DtypeName = Field(default="auto", description="Weights dtype; auto = bfloat16 on CUDA, float32 on CPU.")
     complex_human_instruction: bool = Field(

@@ -27,7 +27,7 @@ def gemma_tokenizer() -> Any:
         vocab[f"<0x{byte:02X}>"] = len(vocab)
     for ch in ["▁", *string.ascii_letters, *string.digits, *string.punctuation]:
         vocab.setdefault(ch, len(vocab))
-    merges: list[tuple[str, str]] = []
+    merges: list[Any] = []
     for word in WORDS:
         cur = "▁"
         for ch in word:
@@ -68,5 +68,5 @@ def clip_tokenizer(vocab_size: int = 300) -> Any:
         vocab.setdefault(ch + "</w>", len(vocab))
     for special in ("<|startoftext|>", "<|endoftext|>"):
         vocab[special] = len(vocab)
-    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
+    merges: list[Any] = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)

@@ -26,7 +26,7 @@ def test_there_are_dev_and_prod_configs() -> None:
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_config_schema_imports_and_args(path: Path) -> None:
     raw = yaml.safe_load(path.read_text())
-    ServeDeploySchema.model_validate(raw) if hasattr(ServeDeploySchema, "model_validate") else ServeDeploySchema.parse_obj(raw)
+    ServeDeploySchema.model_validate(raw)  # what `serve run` / `serve deploy` check first
     for app in apps(path):
         assert app["import_path"] == "serve_app.app:build_app"
         args = AppArgs.model_validate(app["args"])
