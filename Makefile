@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[diffusion,dev]"
+	$(PIP) install -q -e ".[diffusion,tts,dev]"
 	@$(PY) -c "import importlib.util as u, sys; sys.exit('torchvision is installed: it breaks diffusers on CPU torch; pip uninstall torchvision') if u.find_spec('torchvision') else None"
 	touch $(STAMP)
 

@@ -1,13 +1,16 @@
 """How a service declares its HTTP endpoints.
 
 A service method decorated with `@endpoint(...)` becomes `POST /<service><path>` (and
-`<path>/stream` when streaming is on) on the ingress. The method is plain and synchronous:
+`<path>/stream` when streaming is on) on the ingress. GPU work is a plain synchronous method:
 
     @endpoint("/sprint", input=SprintInput, output=ImagesOutput, billing=units)
     def sprint(self, request: SprintInput, ctx: RunContext) -> ImagesOutput: ...
 
 It runs in a worker thread of the service replica; `ctx.progress(...)` reports progress (it feeds
-the SSE stream) and `ctx.cancelled` says when the caller is gone.
+the SSE stream), `ctx.partial(...)` sends a partial output (an audio chunk, a preview), and
+`ctx.cancelled` says when the caller is gone. Work that only waits (a proxy to another API) can be
+an `async def` method instead: it runs on the replica's event loop, and a caller that goes away
+cancels it with `asyncio.CancelledError`.
 """
 
 from __future__ import annotations
@@ -64,18 +67,33 @@ def endpoint(
     def decorate(fn: F) -> F:
         doc = inspect.getdoc(fn) or ""
 
-        @functools.wraps(fn)
-        def wrapper(self: Any, request: Any, ctx: Any = None) -> Any:
+        def prepare(request: Any, ctx: Any) -> tuple[Any, Any]:
             # Also the entry point for direct Python handle calls (`handle.generate.remote(req)`):
-            # accept a dict or the model, supply a context, and respect the service's lock.
+            # accept a dict or the model, and supply a context.
             if not isinstance(request, input):
                 request = input.model_validate(request.model_dump() if isinstance(request, BaseModel) else request)
             if ctx is None:
                 from serve_app.service import RunContext
 
                 ctx = RunContext()
-            with self._run_guard(ctx):
-                return fn(self, request, ctx)
+            return request, ctx
+
+        wrapper: Any
+        if inspect.iscoroutinefunction(fn):
+
+            @functools.wraps(fn)
+            async def wrapper(self: Any, request: Any, ctx: Any = None) -> Any:
+                request, ctx = prepare(request, ctx)
+                async with self._async_run_guard(ctx):
+                    return await fn(self, request, ctx)
+
+        else:
+
+            @functools.wraps(fn)
+            def wrapper(self: Any, request: Any, ctx: Any = None) -> Any:
+                request, ctx = prepare(request, ctx)
+                with self._run_guard(ctx):
+                    return fn(self, request, ctx)
 
         spec = EndpointSpec(
             path=path.rstrip("/"),
@@ -88,7 +106,7 @@ def endpoint(
             description=doc,
         )
         setattr(wrapper, _ATTR, spec)
-        return wrapper  # type: ignore[return-value]
+        return wrapper  # type: ignore[no-any-return]
 
     return decorate
 

@@ -25,7 +25,7 @@ from serve_app.endpoints import EndpointSpec
 from serve_app.errors import _validation_detail, to_http
 from serve_app.service import RequestInfo
 from serve_app.storage import FILES_ROUTE, LocalStore, StorageConfig, make_store, materialize
-from serve_app.streaming import SSE_HEADERS, Progress, sse_frame, with_heartbeats
+from serve_app.streaming import SSE_HEADERS, Partial, Progress, sse_frame, with_heartbeats
 
 logger = logging.getLogger("ray.serve")
 
@@ -152,6 +152,9 @@ class Dispatcher:
         if isinstance(item, Progress):
             if item.preview is not None:
                 await materialize(item.preview, self.store, base_url)
+            return item.to_json()
+        if isinstance(item, Partial):
+            await materialize(item.data, self.store, base_url)
             return item.to_json()
         await materialize(item, self.store, base_url)
         return item.model_dump(mode="json")

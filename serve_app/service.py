@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -21,7 +22,7 @@ from pydantic import BaseModel
 from serve_app.endpoints import collect_endpoints
 from serve_app.errors import RequestCancelled
 from serve_app.io import Image
-from serve_app.streaming import Progress
+from serve_app.streaming import Partial, Progress, StreamEvent
 
 logger = logging.getLogger("ray.serve")
 
@@ -42,7 +43,7 @@ class RunContext:
     def __init__(
         self,
         request_id: str = "",
-        emit: Callable[[Progress], None] | None = None,
+        emit: Callable[[StreamEvent], None] | None = None,
         cancel_event: threading.Event | None = None,
     ) -> None:
         self.request_id = request_id
@@ -68,6 +69,11 @@ class RunContext:
         """Report progress; a no-op when nobody listens."""
         if self._emit is not None:
             self._emit(Progress(step, total, message, preview))
+
+    def partial(self, data: BaseModel, kind: str = "partial") -> None:
+        """Send a partial output (stream frame `{"type": kind, **data}`); a no-op when nobody listens."""
+        if self._emit is not None:
+            self._emit(Partial(data, kind))
 
     def diffusers_callback(self, total: int, message: str = "denoising") -> Callable[..., dict[str, Any]]:
         """A `callback_on_step_end` that reports each step and interrupts the pipeline on cancel."""
@@ -110,15 +116,26 @@ class Service:
             ctx.check_cancelled()  # cancelled while waiting for the previous request
             yield
 
-    def _invoke(self, method: str, request: BaseModel | dict[str, Any], ctx: RunContext) -> BaseModel:
+    @contextlib.asynccontextmanager
+    async def _async_run_guard(self, ctx: RunContext) -> AsyncIterator[None]:
+        """The same policy for `async def` endpoints, without blocking the event loop."""
+        if self.concurrency_safe:
+            yield
+            return
+        lock = self.__dict__.get("_serve_async_lock") or self.__dict__.setdefault("_serve_async_lock", asyncio.Lock())
+        async with lock:
+            ctx.check_cancelled()
+            yield
+
+    def _endpoint_method(self, method: str) -> Callable[..., Any]:
         if not any(spec.method == method for spec in collect_endpoints(type(self))):
             raise ValueError(f"{type(self).__name__} has no endpoint method {method!r}")
-        return getattr(self, method)(request, ctx)  # type: ignore[no-any-return]
+        return getattr(self, method)  # type: ignore[no-any-return]
 
     async def call_endpoint(self, method: str, request: BaseModel | dict[str, Any], info: RequestInfo) -> BaseModel:
         """Run one endpoint to completion off the event loop and return its output model."""
         async for item in self.stream_endpoint(method, request, info, progress=False):
-            if not isinstance(item, Progress):
+            if not isinstance(item, (Progress, Partial)):
                 return item
         raise RuntimeError("endpoint produced no output")  # pragma: no cover - stream always ends in one
 
@@ -128,22 +145,30 @@ class Service:
         request: BaseModel | dict[str, Any],
         info: RequestInfo,
         progress: bool = True,
-    ) -> AsyncIterator[Progress | BaseModel]:
-        """Yield progress events as the endpoint runs, then its output model.
+    ) -> AsyncIterator[StreamEvent | BaseModel]:
+        """Yield progress events and partial outputs as the endpoint runs, then its output model.
 
-        Cancelling the consumer (client disconnect) sets the run's cancel flag and waits for the
-        worker thread to stop, so the next request never races a still-running pipeline.
+        Cancelling the consumer (client disconnect) sets the run's cancel flag; a synchronous
+        method's worker thread is awaited until it stops, so the next request never races a
+        still-running pipeline, and an `async def` method's task is cancelled.
         """
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
         cancel = threading.Event()
+        fn = self._endpoint_method(method)
+        is_async = inspect.iscoroutinefunction(fn)
 
-        def emit(event: Progress) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, event)
+        def emit(event: StreamEvent) -> None:
+            if is_async:
+                queue.put_nowait(event)
+            else:
+                loop.call_soon_threadsafe(queue.put_nowait, event)
 
         ctx = RunContext(info.request_id, emit if progress else None, cancel)
-        future = loop.run_in_executor(None, self._invoke, method, request, ctx)
-        future.add_done_callback(lambda _: loop.call_soon_threadsafe(queue.put_nowait, _DONE))
+        future: asyncio.Future[Any] = (
+            asyncio.ensure_future(fn(request, ctx)) if is_async else loop.run_in_executor(None, fn, request, ctx)
+        )
+        future.add_done_callback(lambda _: queue.put_nowait(_DONE))
         try:
             while True:
                 item = await queue.get()
@@ -154,9 +179,11 @@ class Service:
         finally:
             if not future.done():
                 cancel.set()
-                logger.info("request %s cancelled; waiting for the running step to stop", info.request_id)
-                # Shielded: the worker thread must finish before this replica takes more work.
-                await asyncio.shield(future)
+                logger.info("request %s cancelled; stopping its work", info.request_id)
+                if is_async:
+                    future.cancel()
+                # Shielded: the work must stop before this replica takes more.
+                await asyncio.shield(asyncio.gather(future, return_exceptions=True))
 
     def check_health(self) -> None:
         """Raise to make Serve replace this replica. Subclasses add real checks."""

@@ -13,6 +13,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import BaseModel
+
 from serve_app.io import Image
 
 HEARTBEAT = ": ping\n\n"
@@ -39,6 +41,23 @@ class Progress:
         if self.preview is not None:
             body["preview"] = self.preview.model_dump(mode="json")
         return body
+
+
+@dataclass
+class Partial:
+    """A partial output sent while the work runs (an audio chunk, an upstream queue update).
+
+    Its SSE frame is `{"type": kind, **data}`; files inside `data` are stored like outputs.
+    """
+
+    data: BaseModel
+    kind: str = "partial"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": self.kind, **self.data.model_dump(mode="json")}
+
+
+StreamEvent = Progress | Partial
 
 
 def sse_frame(data: Any) -> str:

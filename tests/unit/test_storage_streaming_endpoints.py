@@ -119,3 +119,50 @@ def _info():  # type: ignore[no-untyped-def]
     from serve_app.service import RequestInfo
 
     return RequestInfo("r1")
+
+
+class Chunk(BaseModel):
+    index: int
+    audio: File
+
+
+class AsyncSvc(Service):
+    concurrency_safe = True
+
+    def __init__(self) -> None:
+        self.cancelled = 0
+
+    @endpoint("/wait", input=In, output=Out)
+    async def wait(self, request: In, ctx: RunContext) -> Out:
+        """Waits on something remote, sending partial outputs."""
+        try:
+            for i in range(request.n):
+                ctx.partial(Chunk(index=i, audio=File.from_bytes(b"x", "audio/wav")), kind="chunk")
+                await asyncio.sleep(0.01)
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        return Out(files=[])
+
+
+def test_async_endpoint_streams_partials_and_runs_directly() -> None:
+    async def run() -> list[object]:
+        return [x async for x in AsyncSvc().stream_endpoint("wait", {"n": 2}, _info())]
+
+    items = asyncio.run(run())
+    assert [type(x).__name__ for x in items] == ["Partial", "Partial", "Out"]
+    first = items[0].to_json()  # type: ignore[attr-defined]
+    assert first["type"] == "chunk" and first["index"] == 0 and first["audio"]["content_type"] == "audio/wav"
+    assert asyncio.run(AsyncSvc().wait({"n": 1})) == Out(files=[])
+
+
+def test_closing_the_stream_cancels_an_async_endpoint() -> None:
+    svc = AsyncSvc()
+
+    async def run() -> None:
+        gen = svc.stream_endpoint("wait", {"n": 100}, _info())
+        await gen.__anext__()
+        await gen.aclose()  # the consumer (client) went away
+
+    asyncio.run(run())
+    assert svc.cancelled == 1
