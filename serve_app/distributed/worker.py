@@ -1,0 +1,121 @@
+"""`DistributedWorker`: the per-rank base class, with the same names and meanings as fal's.
+
+A fal user ports a worker by changing only the import:
+`from serve_app.distributed import DistributedRunner, DistributedWorker`.
+The worker runs inside a Ray actor with torch.distributed already initialised (NCCL on GPUs, gloo on
+CPU); `self.device` is the rank's device.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+import queue
+import threading
+from typing import Any
+
+logger = logging.getLogger("ray.serve")
+
+
+def _image_json(image: Any, image_format: str, quality: int) -> dict[str, Any]:
+    buf = io.BytesIO()
+    fmt = image_format.lower()
+    content_type = f"image/{'jpeg' if fmt in ('jpg', 'jpeg') else fmt}"
+    if content_type == "image/jpeg":
+        image.convert("RGB").save(buf, format="JPEG", quality=quality)
+    else:
+        image.save(buf, format=fmt.upper())
+    data = base64.b64encode(buf.getvalue()).decode()
+    return {"content_type": content_type, "width": image.width, "height": image.height, "data": None,
+            "url": f"data:{content_type};base64,{data}"}
+
+
+def to_text_event_json(value: Any, image_format: str = "jpeg", quality: int = 95) -> Any:
+    """JSON-ready form of a result: PIL images and tensors become data URLs, recursively.
+
+    Tensors are carried as safetensors bytes (never pickle): `data:application/safetensors;...`.
+    """
+    from PIL.Image import Image as PILImage
+
+    if isinstance(value, PILImage):
+        return _image_json(value, image_format, quality)
+    if type(value).__module__.startswith("torch") and hasattr(value, "detach"):
+        from safetensors.torch import save
+
+        raw = save({"tensor": value.detach().cpu().contiguous()})
+        return {"content_type": "application/safetensors", "shape": list(value.shape), "dtype": str(value.dtype),
+                "url": "data:application/safetensors;base64," + base64.b64encode(raw).decode()}
+    if isinstance(value, dict):
+        return {k: to_text_event_json(v, image_format, quality) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_text_event_json(v, image_format, quality) for v in value]
+    return value
+
+
+class DistributedWorker:
+    """One rank. Subclasses implement `setup(**kwargs)` and `__call__(streaming=False, **payload)`.
+
+    Every rank receives every payload; the runner returns rank 0's result. Inside `__call__`, use
+    torch.distributed collectives freely: all ranks run the same call.
+    """
+
+    def __init__(self, rank: int = 0, world_size: int = 1) -> None:
+        self.rank = rank
+        self.world_size = world_size
+        self.device: Any = None  # set by the rank actor before setup()
+        self._stream: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._cancel = threading.Event()
+
+    # --- to implement -------------------------------------------------------------------------
+    def setup(self, **kwargs: Any) -> None:
+        """Load models onto `self.device`. Called once per rank by `DistributedRunner.start`."""
+
+    def __call__(self, streaming: bool = False, **payload: Any) -> Any:
+        """Handle one request on this rank; rank 0's return value is the runner's result."""
+        raise NotImplementedError
+
+    def teardown(self) -> None:
+        """Release resources. Called by `DistributedRunner.stop`."""
+
+    # --- helpers for subclasses ---------------------------------------------------------------
+    def add_streaming_result(self, result: Any, image_format: str = "jpeg", as_text_event: bool = False) -> None:
+        """Send an intermediate result to the caller of `DistributedRunner.stream` (rank 0 only;
+        other ranks' results are dropped). Intermediate images are JPEG quality 60 as in fal."""
+        if self.rank != 0:
+            return
+        item = to_text_event_json(result, image_format, quality=60) if as_text_event else result
+        self._stream.put(item)
+
+    def rank_print(self, message: str, debug: bool = False) -> None:
+        """Log a message prefixed with this rank."""
+        logger.log(logging.DEBUG if debug else logging.INFO, "[rank %d/%d] %s", self.rank, self.world_size, message)
+        if not debug:
+            print(f"[rank {self.rank}] {message}", flush=True)
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the caller has cancelled the current request (check it between steps).
+
+        Ranks may see the flag at different steps: before leaving a loop that runs collectives,
+        agree with `cancelled_everywhere()`.
+        """
+        return self._cancel.is_set()
+
+    def cancelled_everywhere(self) -> bool:
+        """A collective: True on every rank if any rank saw the cancel flag (call it on all ranks
+        at the same point, e.g. every step)."""
+        import torch
+        import torch.distributed as dist
+
+        flag = torch.tensor([1.0 if self.cancelled else 0.0], device=self._collective_device())
+        if dist.is_initialized() and self.world_size > 1:
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item() > 0)
+
+    def _collective_device(self) -> Any:
+        import torch.distributed as dist
+
+        if dist.is_initialized() and dist.get_backend() == "nccl":
+            return self.device
+        return "cpu"
