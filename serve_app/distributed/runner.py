@@ -18,6 +18,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -46,7 +47,7 @@ def _rank_error(rank: int, exc: BaseException) -> BaseException:
     if isinstance(cause, (ServiceError, RankFailed)):
         return cause
     if _is_death(exc):
-        return RankFailed(rank, f"the rank's process died ({type(cause).__name__})")
+        return RunnerBroken(f"rank {rank}'s process died ({type(cause).__name__}); the replica will be replaced")
     return RankFailed(rank, f"{type(cause).__name__}: {cause}")
 
 
@@ -90,9 +91,11 @@ class DistributedRunner:
                              "(bundle 0 for the replica, one per rank)")
         remote_cls: Any = ray.remote(RankActor)
         self.actors = []
+        group = uuid.uuid4().hex[:8]
         for rank in range(self.world_size):
+            # Named so the dashboard (and an operator) can tell the ranks of each group apart.
             options: dict[str, Any] = {"num_cpus": self.num_cpus_per_rank, "num_gpus": 1 if self.use_gpu else 0,
-                                       "max_concurrency": 4}
+                                       "max_concurrency": 4, "name": f"{self.worker_cls.__name__}-{group}-rank{rank}"}
             if pg is not None:
                 options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
                     placement_group=pg, placement_group_bundle_index=self.first_bundle_index + rank)
@@ -122,9 +125,8 @@ class DistributedRunner:
                     self.world_size, self.backend, master_addr, port)
 
     def start_blocking(self, timeout: float = 1800, **setup_kwargs: Any) -> None:
-        """`start` for synchronous code (a replica constructor): runs it on a private event loop."""
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            pool.submit(asyncio.run, self.start(timeout, **setup_kwargs)).result()
+        """`start` for synchronous code (a replica constructor)."""
+        run_blocking(self.start(timeout, **setup_kwargs))
 
     async def stop(self, timeout: float = 10) -> None:
         """Run every worker's `teardown`, then end the rank actors."""
@@ -284,9 +286,18 @@ class DistributedRunner:
             raise RequestTimeout(f"distributed call timed out after {timeout} s")
         rank, exc = failures[0]
         err = _rank_error(rank, exc)  # type: ignore[arg-type]
+        if isinstance(err, RunnerBroken):
+            self.broken = self.broken or str(err)
         if isinstance(err, RankFailed) and err.remote_traceback:
             logger.error("rank %d traceback:\n%s", rank, err.remote_traceback)
         raise err
+
+
+def run_blocking(coro: Any) -> Any:
+    """Run a coroutine to completion from synchronous code, on a private event loop in a thread
+    (safe even when the calling thread already runs a loop)."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
 async def _await(ref: Any) -> Any:

@@ -78,7 +78,7 @@ def test_dead_rank_fails_invoke_and_stream_fast(ray_cluster: None, loop: asyncio
             runner = cpu_runner(SlowWorker)
             await runner.start(timeout=60)
             started = time.monotonic()
-            with pytest.raises(RankFailed, match="rank 1"):
+            with pytest.raises(RunnerBroken, match="rank 1"):
                 if streaming:
                     async for _ in runner.stream({"steps": 200, "die_at": 3}):
                         pass

@@ -1,0 +1,128 @@
+"""Parallel SDXL (fal's data-parallel demo): N GPUs, N images per request, one grid back.
+
+Every rank runs the whole SDXL pipeline on the same prompt with seed + rank; rank 0 gathers the
+images into a grid (floor(sqrt(N)) per row). The stream sends preview grids decoded with the tiny
+autoencoder (TAESDXL) every `preview_every` steps, then the final output.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from serve_app.distributed import DistributedRunner, RankResources, placement_options
+from serve_app.distributed.runner import run_blocking
+from serve_app.endpoints import endpoint
+from serve_app.errors import RequestCancelled
+from serve_app.io import Image, ImageFormat
+from serve_app.models.source import DtypeName, ModelSource
+from serve_app.service import RunContext, Service
+
+SDXL_ID = "stabilityai/stable-diffusion-xl-base-1.0"
+TAESDXL_ID = "madebyollin/taesdxl"
+
+
+class ParallelSDXLConfig(BaseModel):
+    """Configuration of the parallel SDXL service."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: ModelSource = Field(default=ModelSource(id=SDXL_ID), description="SDXL pipeline weights.")
+    preview_vae: ModelSource = Field(default=ModelSource(id=TAESDXL_ID), description="Tiny autoencoder for previews.")
+    world_size: int = Field(default=2, ge=1, description="Ranks (GPUs): images per request.")
+    resources: RankResources = Field(default_factory=RankResources, description="Per-rank resources.")
+    dtype: DtypeName = Field(default="auto", description="Weights dtype; auto = bfloat16 on CUDA, float32 on CPU.")
+    preview_every: int = Field(default=5, ge=1, description="Steps between stream previews.")
+    start_timeout_s: float = Field(default=1800, gt=0, description="Limit for loading the models on every rank.")
+    call_timeout_s: float | None = Field(default=900, gt=0, description="Limit for one request (null: none).")
+    warmup: bool = Field(default=True, description="Generate once before taking traffic.")
+    warmup_size: int = Field(default=1024, ge=64, le=2048, description="Warm-up width and height.")
+
+
+class ParallelSDXLInput(BaseModel):
+    """Input of `POST /parallel-sdxl`."""
+
+    prompt: str = Field(description="The prompt; every GPU renders it with its own seed.",
+                        examples=["an astronaut riding a horse on the moon"])
+    negative_prompt: str = Field(default="blurry, low quality", description="What the images should not contain.")
+    num_inference_steps: int = Field(default=20, ge=1, le=100, description="Denoising steps.")
+    width: int = Field(default=1024, ge=64, le=2048, multiple_of=8, description="Width of each image.")
+    height: int = Field(default=1024, ge=64, le=2048, multiple_of=8, description="Height of each image.")
+    guidance_scale: float = Field(default=5.0, ge=0, le=20, description="Classifier-free guidance scale.")
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1,
+                             description="Rank r uses seed + r, so a request is reproducible; omit for random.")
+    output_format: ImageFormat = Field(default="jpeg", description="Format of the grid image.")
+
+
+class ParallelSDXLOutput(BaseModel):
+    """One grid holding one image per GPU."""
+
+    image: Image = Field(description="The grid: floor(sqrt(N)) images per row.")
+    seed: int = Field(description="The base seed; image r used seed + r.")
+    num_images: int = Field(description="Images in the grid (one per GPU).")
+
+
+class ParallelSDXLService(Service):
+    """Owns a DistributedRunner of `SDXLWorker` ranks in this replica's placement group."""
+
+    concurrency_safe = True  # the runner takes one request at a time itself
+
+    @classmethod
+    def deployment_defaults(cls, config: BaseModel) -> dict[str, Any]:
+        if not isinstance(config, ParallelSDXLConfig):
+            raise TypeError(f"expected ParallelSDXLConfig, got {type(config).__name__}")
+        return {"max_ongoing_requests": 1, **placement_options(config.world_size, config.resources)}
+
+    def __init__(self, config: ParallelSDXLConfig) -> None:
+        from deployments.parallel_sdxl.worker import SDXLWorker
+
+        self.config = config
+        res = config.resources
+        self.runner = DistributedRunner(
+            SDXLWorker, config.world_size, use_gpu=res.use_gpu, num_cpus_per_rank=res.num_cpus_per_rank,
+            collective_timeout_s=res.collective_timeout_s, stop_grace_s=res.stop_grace_s,
+        )
+        self.runner.start_blocking(
+            timeout=config.start_timeout_s, model=config.model.model_dump(),
+            preview_vae=config.preview_vae.model_dump(), dtype=config.dtype,
+        )
+        if config.warmup:
+            size = config.warmup_size
+            run_blocking(self.runner.invoke(self._payload(
+                ParallelSDXLInput(prompt="a photo of a cat", width=size, height=size, num_inference_steps=2), 0)))
+
+    def _payload(self, request: ParallelSDXLInput, seed: int) -> dict[str, Any]:
+        return {**request.model_dump(exclude={"output_format", "seed"}), "seed": seed,
+                "preview_every": self.config.preview_every}
+
+    @endpoint("", input=ParallelSDXLInput, output=ParallelSDXLOutput)
+    async def generate(self, request: ParallelSDXLInput, ctx: RunContext) -> ParallelSDXLOutput:
+        """Generate one image per GPU and return them as a grid."""
+        seed = request.seed if request.seed is not None else secrets.randbelow(2**32)
+        payload = self._payload(request, seed)
+        timeout = self.config.call_timeout_s
+        if ctx.streaming:
+            result: dict[str, Any] = {}
+            async for item in self.runner.stream(payload, timeout=timeout):
+                if "step" in item:
+                    ctx.progress(item["step"], item["total"], "denoising", preview=Image.from_pil(item["image"]))
+                else:
+                    result = item
+        else:
+            result = await self.runner.invoke(payload, timeout=timeout)
+        if result.get("cancelled"):
+            raise RequestCancelled()
+        return ParallelSDXLOutput(image=Image.from_pil(result["image"], request.output_format), seed=seed,
+                                  num_images=self.config.world_size)
+
+    async def check_health(self) -> None:  # type: ignore[override]
+        await self.runner.check_health()
+
+
+def build(name: str, args: Any) -> Any:
+    """Builder: validate the config and bind the deployment in its placement group."""
+    from serve_app.app import bind_service
+
+    return bind_service(ParallelSDXLService, ParallelSDXLConfig.model_validate(args.config), name, args)
