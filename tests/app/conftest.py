@@ -7,6 +7,7 @@ is shut down.
 from __future__ import annotations
 
 import copy
+import os
 import socket
 import time
 from collections.abc import Iterator
@@ -18,6 +19,9 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
+# Ray workers must import both this repo and whatever the environment already adds (the device
+# machines put their packages on PYTHONPATH).
+PYTHONPATH = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
 DEV_CONFIG = ROOT / "configs" / "dev.yaml"
 FIXTURE_PREFIX = "/t"
 
@@ -46,7 +50,7 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
             include_dashboard=False,
             object_store_memory=200 * 1024 * 1024,
             _temp_dir=str(tmp_path_factory.mktemp("ray")),
-            runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}},
+            runtime_env={"env_vars": {"PYTHONPATH": PYTHONPATH}},
             log_to_driver=False,
         )
         started = True
@@ -100,3 +104,57 @@ def serve_url(ray_cluster: None) -> Iterator[str]:
 def client(serve_url: str) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=serve_url, timeout=120) as c:
         yield c
+
+
+# ----------------------------------------------------------------------------- queue API (fal_client)
+QUEUE_APP = "queue_tests"
+QUEUE_PREFIX = "/q"
+QUEUE_KEY = "tester:s3cret-key"
+WEBHOOK_SECRET = "webhook-s3cret"
+
+
+@pytest.fixture(scope="session")
+def queue_app(serve_url: str) -> Iterator[str]:
+    """A second application at /q for queue tests: the behaviours service twice ("b", and "tiny" with
+    a queue of 2 and one job at a time), API keys and a webhook secret from environment variables
+    (given to the ingress, and so to its store actor, through runtime_env), short leases."""
+    from ray import serve
+
+    from serve_app.app import build_app
+
+    env = {"QUEUE_TEST_API_KEYS": QUEUE_KEY, "QUEUE_TEST_WEBHOOK_SECRET": WEBHOOK_SECRET}
+    small = {"max_ongoing_requests": 4, "ray_actor_options": {"num_cpus": 0.05}}
+    args = {
+        "ingress": {
+            "storage": {"kind": "data_url"},
+            "queue": {
+                "api_key_env": ["QUEUE_TEST_API_KEYS"],
+                "worker_lease_s": 2.0,
+                "defaults": {"max_running": 2, "max_queued": 100},
+                "services": {"tiny": {"max_running": 1, "max_queued": 2}},
+                "webhook": {"secret_env": "QUEUE_TEST_WEBHOOK_SECRET", "backoff_s": 0.2},
+            },
+        },
+        "ingress_deployment": {"health_check_period_s": 1,
+                               "ray_actor_options": {"num_cpus": 0.05, "runtime_env": {"env_vars": env}}},
+        "services": {
+            "b": {"module": "tests.app.fixtures.behaviours", "deployment": small},
+            "tiny": {"module": "tests.app.fixtures.behaviours", "deployment": small},
+        },
+    }
+    serve.run(build_app(args), name=QUEUE_APP, route_prefix=QUEUE_PREFIX)
+    yield f"{serve_url}{QUEUE_PREFIX}"
+    serve.delete(QUEUE_APP)
+
+
+@pytest.fixture(scope="session")
+def tls_host(serve_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """`(host:port, CA file)` of a TLS-terminating proxy in front of Serve (fal_client needs https)."""
+    from tests.app.fixtures.tls import TlsProxy, make_certificates
+
+    ca, cert, key = make_certificates(tmp_path_factory.mktemp("tls"))
+    port = free_port()
+    proxy = TlsProxy(serve_url, port, cert, key)
+    proxy.start()
+    yield f"127.0.0.1:{port}", ca
+    proxy.stop()

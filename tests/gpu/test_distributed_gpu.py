@@ -1,0 +1,71 @@
+"""DistributedRunner on NCCL: the CPU (gloo) scenarios again, one GPU per rank."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from serve_app.distributed import DistributedRunner, RankFailed, RunnerBroken
+from tests.app.fixtures.workers import FailingWorker, SlowWorker, SumWorker
+
+pytestmark = pytest.mark.gpu
+
+
+def gpu_runner(worker: type, world_size: int = 2) -> DistributedRunner:
+    return DistributedRunner(worker, world_size, use_gpu=True, num_cpus_per_rank=1, stop_grace_s=5.0)
+
+
+@pytest.fixture
+def two_gpus(ray_gpus: int) -> None:
+    if ray_gpus < 2:
+        pytest.skip("needs 2 GPUs")
+
+
+def test_nccl_invoke_stream_and_side_by_side(two_gpus: None) -> None:
+    async def scenario() -> None:
+        runner = gpu_runner(SumWorker)
+        await runner.start(timeout=300, offset=1.0)
+        result = await runner.invoke({"x": 0.5})
+        assert result["sum"] == 4.0 and result["device"].startswith("cuda:")
+        items = [x async for x in runner.stream({"x": 0.0})]
+        assert len(items) == 4 and items[-1]["sum"] == 3.0
+        await runner.stop()
+        # two runners at once (one GPU each): separate rendezvous ports, no collision
+        a, b = gpu_runner(SumWorker, 1), gpu_runner(SumWorker, 1)
+        await asyncio.gather(a.start(timeout=300), b.start(timeout=300))
+        assert [r["sum"] for r in await asyncio.gather(a.invoke({"x": 1}), b.invoke({"x": 2}))] == [1.0, 2.0]
+        await asyncio.gather(a.stop(), b.stop())
+
+    asyncio.run(scenario())
+
+
+def test_nccl_errors_dead_ranks_and_cancel(two_gpus: None) -> None:
+    async def scenario() -> None:
+        failing = gpu_runner(FailingWorker)
+        await failing.start(timeout=300)
+        with pytest.raises(RankFailed, match="rank 1 failed: ValueError"):
+            await failing.invoke({})
+        started = time.monotonic()
+        with pytest.raises(RankFailed, match="rank 1"):
+            await failing.invoke({"before_collective": True})  # rank 0 would wait in NCCL forever
+        assert time.monotonic() - started < 30 and not failing.is_alive()
+
+        slow = gpu_runner(SlowWorker)
+        await slow.start(timeout=300)
+        task = asyncio.ensure_future(slow.invoke({"steps": 400}))
+        await asyncio.sleep(1.0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await slow.invoke({"steps": 2}) == {"done": 2}
+        started = time.monotonic()
+        with pytest.raises(RunnerBroken, match="rank 1"):
+            async for _ in slow.stream({"steps": 400, "die_at": 3}):
+                pass
+        assert time.monotonic() - started < 30
+        with pytest.raises(RunnerBroken):
+            await slow.check_health()
+
+    asyncio.run(scenario())
