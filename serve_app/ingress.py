@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-from fastapi import Body, FastAPI, Request
+from fastapi import Body, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -21,8 +21,10 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from serve_app.auth import ApiKeyAuth, api_keys_from_env
 from serve_app.endpoints import EndpointSpec
 from serve_app.errors import _validation_detail, to_http
+from serve_app.queue.settings import QueueSettings
 from serve_app.service import RequestInfo
 from serve_app.storage import FILES_ROUTE, LocalStore, StorageConfig, make_store, materialize
 from serve_app.streaming import SSE_HEADERS, Partial, Progress, sse_frame, with_heartbeats
@@ -58,6 +60,13 @@ class IngressSettings(BaseModel):
     storage: StorageConfig = Field(default_factory=StorageConfig, description="Where outputs are stored.")
     heartbeat_s: float = Field(default=10.0, gt=0, description="Seconds between SSE heartbeats when idle.")
     title: str = Field(default="Generative model services", description="Title of the OpenAPI document.")
+    queue: QueueSettings = Field(default_factory=QueueSettings, description="The fal-compatible queue API.")
+    api_key_env: list[str] = Field(
+        default_factory=list,
+        description="Names of environment variables holding accepted API keys (comma-separated values "
+        "allowed); when any is set, every model route (sync, stream, queue) requires "
+        "`Authorization: Key <key>`.",
+    )
 
 
 @dataclass
@@ -180,12 +189,18 @@ class Dispatcher:
 
         async def events() -> AsyncIterator[dict[str, Any]]:
             item = first
-            while True:
-                yield await self._jsonable(item, base_url)
-                try:
-                    item = await gen.__anext__()
-                except StopAsyncIteration:
-                    return
+            exhausted = False
+            try:
+                while True:
+                    yield await self._jsonable(item, base_url)
+                    try:
+                        item = await gen.__anext__()
+                    except StopAsyncIteration:
+                        exhausted = True
+                        return
+            finally:
+                if not exhausted:  # closed or cancelled early: stop the service's work too
+                    gen.cancel()
 
         return events(), spec.billable_units(payload)
 
@@ -206,11 +221,13 @@ def create_app(dispatcher: Dispatcher, ready: Any = None) -> FastAPI:
         detail = exc.detail
         if exc.status_code == 404 and detail == "Not Found":
             detail = f"Path {request.url.path} not found"
-        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers={BILLING_HEADER: "0"})
+        headers = {**(exc.headers or {}), BILLING_HEADER: "0"}  # e.g. WWW-Authenticate on a 401
+        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=headers)
 
+    auth = ApiKeyAuth(api_keys_from_env(settings.api_key_env))
     for route in dispatcher.routes:
         for spec in route.endpoints:
-            _add_endpoint_routes(app, dispatcher, route, spec)
+            _add_endpoint_routes(app, dispatcher, route, spec, [Depends(auth)] if auth.enabled else [])
 
     @app.get("/health", tags=["ops"], summary="Liveness: the ingress answers")
     async def health() -> dict[str, str]:
@@ -221,6 +238,11 @@ def create_app(dispatcher: Dispatcher, ready: Any = None) -> FastAPI:
         ok, details = await ready() if ready is not None else (True, {})
         return JSONResponse({"status": "ready" if ok else "not_ready", "services": details},
                             status_code=200 if ok else 503)
+
+    if settings.queue.enabled:
+        from serve_app.queue.routes import install_queue_routes  # imports this module
+
+        install_queue_routes(app, dispatcher, settings.queue, auth=auth)
 
     store = dispatcher.store
     if isinstance(store, LocalStore):
@@ -235,7 +257,8 @@ def create_app(dispatcher: Dispatcher, ready: Any = None) -> FastAPI:
     return app
 
 
-def _add_endpoint_routes(app: FastAPI, dispatcher: Dispatcher, route: ServiceRoute, spec: EndpointSpec) -> None:
+def _add_endpoint_routes(app: FastAPI, dispatcher: Dispatcher, route: ServiceRoute, spec: EndpointSpec,
+                         dependencies: list[Any]) -> None:
     path = spec.route(route.prefix)
     input_model = spec.input_model
     heartbeat_s = dispatcher.settings.heartbeat_s
@@ -271,10 +294,12 @@ def _add_endpoint_routes(app: FastAPI, dispatcher: Dispatcher, route: ServiceRou
 
     tag = route.name
     app.add_api_route(path, call, methods=["POST"], response_model=spec.output_model, tags=[tag],
+                      dependencies=dependencies,
                       summary=spec.summary, description=spec.description, name=f"{route.name}:{spec.method}")
     if spec.stream:
         app.add_api_route(
             f"{path}/stream", stream, methods=["POST"], tags=[tag], name=f"{route.name}:{spec.method}:stream",
+            dependencies=dependencies,
             summary=f"{spec.summary} (stream)",
             description="Server-sent events: `data: {\"type\": \"progress\", ...}` frames while the work runs, "
             "then one frame holding the same output as the sync endpoint.",

@@ -127,8 +127,8 @@ def queue_app(serve_url: str) -> Iterator[str]:
     args = {
         "ingress": {
             "storage": {"kind": "data_url"},
+            "api_key_env": ["QUEUE_TEST_API_KEYS"],
             "queue": {
-                "api_key_env": ["QUEUE_TEST_API_KEYS"],
                 "worker_lease_s": 2.0,
                 "defaults": {"max_running": 2, "max_queued": 100},
                 "services": {"tiny": {"max_running": 1, "max_queued": 2}},
