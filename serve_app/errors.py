@@ -73,6 +73,16 @@ class Overloaded(ServiceError):
         super().__init__(message)
 
 
+class ServiceUnavailable(ServiceError):
+    """The service cannot serve as deployed (a missing credential, a disabled dependency): 503."""
+
+    status_code = 503
+    error_type = "service_unavailable"
+
+    def __init__(self, message: str = "Service unavailable.") -> None:
+        super().__init__(message)
+
+
 class RequestTimeout(ServiceError):
     """The work did not finish in the time allowed."""
 

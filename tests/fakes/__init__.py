@@ -1,0 +1,1 @@
+"""Fakes of the network edge (other companies' APIs), started by the tests that use them."""
