@@ -49,7 +49,11 @@ class ServiceArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     module: str = Field(description="Python module of the service, e.g. `deployments.sana`.")
-    route_prefix: str | None = Field(default=None, description="URL prefix; default `/<service name>`.")
+    route_prefix: str | None = Field(
+        default=None,
+        description="URL prefix; default `/<service name>`. `/` mounts the endpoints at their own paths "
+        "(every endpoint then needs a non-empty path).",
+    )
     config: dict[str, Any] = Field(default_factory=dict, description="The service's own config (its *Config).")
     scaling: ScalingConfig | None = Field(default=None, description="fal-style scaling; omit for one replica.")
     deployment: dict[str, Any] = Field(
@@ -61,9 +65,9 @@ class ServiceArgs(BaseModel):
     @field_validator("route_prefix")
     @classmethod
     def _prefix(cls, value: str | None) -> str | None:
-        if value is not None and (not value.startswith("/") or value == "/"):
-            raise ValueError("route_prefix must start with '/' and name a path, e.g. /sana")
-        return value.rstrip("/") if value else value
+        if value is not None and not value.startswith("/"):
+            raise ValueError("route_prefix must start with '/', e.g. /sana (or be / for the root)")
+        return value.rstrip("/") or "/" if value else value
 
 
 class AppArgs(BaseModel):
@@ -94,12 +98,11 @@ def bind_service(cls: type[Service], config: BaseModel, name: str, args: Service
         options.update(args.scaling.deployment_options())
     options.update(args.deployment)
     deployment: Any = serve.deployment(cls, name=name, **options)
-    return ServiceRoute(
-        name=name,
-        prefix=args.route_prefix or f"/{name}",
-        handle=deployment.bind(config),
-        endpoints=collect_endpoints(cls),
-    )
+    prefix = "" if args.route_prefix == "/" else (args.route_prefix or f"/{name}")
+    endpoints = collect_endpoints(cls)
+    if not prefix and any(not spec.path for spec in endpoints):
+        raise ValueError(f"service {name} is mounted at the root, so each of its endpoints needs a path")
+    return ServiceRoute(name=name, prefix=prefix, handle=deployment.bind(config), endpoints=endpoints)
 
 
 def build_app(args: AppArgs | dict[str, Any]) -> Application:
@@ -114,9 +117,13 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
     for name, service_args in app_args.services.items():
         module = import_service_module(service_args.module)
         routes.append(module.build(name, service_args))
-    prefixes = [r.prefix for r in routes]
+    prefixes = [r.prefix for r in routes if r.prefix]
     if len(set(prefixes)) != len(prefixes):
         raise ValueError(f"two services share a route prefix: {prefixes}")
+    paths = [spec.route(r.prefix) for r in routes for spec in r.endpoints]
+    clashes = sorted({p for p in paths if paths.count(p) > 1})
+    if clashes:
+        raise ValueError(f"two endpoints share a path: {clashes}")
     options = {"max_ongoing_requests": 1000, **app_args.ingress_deployment}
     ingress: Any = serve.deployment(Ingress, name="Ingress", **options)
     return ingress.bind(routes, app_args.ingress)  # type: ignore[no-any-return]

@@ -134,6 +134,17 @@ class RequestIdMiddleware:
             await error_response(exc, request_id)(scope, receive, send)
 
 
+def _billing_counter() -> Any:
+    """A Ray Serve metric (Prometheus `ray_serve_app_billable_units_total`), or None outside Ray."""
+    try:
+        from ray.serve.metrics import Counter
+
+        return Counter("serve_app_billable_units", description="Billable units of completed requests.",
+                       tag_keys=("service", "endpoint"))  # type: ignore[arg-type]
+    except Exception:  # no Ray worker here (unit tests): nothing to export to
+        return None
+
+
 class Dispatcher:
     """Runs endpoint calls against service handles and turns outputs into JSON with file URLs."""
 
@@ -144,6 +155,13 @@ class Dispatcher:
         self.by_path: dict[str, tuple[ServiceRoute, EndpointSpec]] = {
             spec.route(route.prefix): (route, spec) for route in routes for spec in route.endpoints
         }
+        self._billed = _billing_counter()
+
+    def _bill(self, route: ServiceRoute, spec: EndpointSpec, units: float) -> float:
+        """Count units billed for a completed call (the `x-fal-billable-units` metric)."""
+        if self._billed is not None:
+            self._billed.inc(units, tags={"service": route.name, "endpoint": spec.route(route.prefix)})
+        return units
 
     def lookup(self, path: str) -> tuple[ServiceRoute, EndpointSpec]:
         """The service and endpoint behind a sync path such as `/sana/sprint`."""
@@ -175,7 +193,8 @@ class Dispatcher:
         payload = body if isinstance(body, spec.input_model) else spec.input_model.model_validate(body)
         info = RequestInfo(request_id, spec.route(route.prefix))
         output = await route.handle.call_endpoint.remote(spec.method, payload, info)
-        return await self._jsonable(output, base_url), spec.billable_units(payload)
+        result = await self._jsonable(output, base_url)
+        return result, self._bill(route, spec, spec.billable_units(payload))
 
     async def stream(self, path: str, body: BaseModel | dict[str, Any], request_id: str,
                      base_url: str) -> tuple[AsyncIterator[dict[str, Any]], float]:
@@ -197,6 +216,7 @@ class Dispatcher:
                         item = await gen.__anext__()
                     except StopAsyncIteration:
                         exhausted = True
+                        self._bill(route, spec, spec.billable_units(payload))
                         return
             finally:
                 if not exhausted:  # closed or cancelled early: stop the service's work too

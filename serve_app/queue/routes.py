@@ -136,7 +136,8 @@ def _add_submit_route(app: FastAPI, queue: _Queue, auth: ApiKeyAuth, route: Serv
             detail = [{"loc": ["query", "fal_webhook"], "msg": "must be an http(s) URL", "type": "value_error"}]
             return JSONResponse({"detail": detail}, status_code=422, headers={REQUEST_ID_HEADER: request_id})
         base_url = queue.dispatcher.base_url(request)
-        response_url = f"{base_url.rstrip('/')}{settings.route_prefix}{route.prefix}/requests/{request_id}"
+        app_part = route.prefix or f"/{route.name}"  # services mounted at the root: their name
+        response_url = f"{base_url.rstrip('/')}{settings.route_prefix}{app_part}/requests/{request_id}"
         job = Job(request_id=request_id, service=route.name, path=path,
                   payload=_as_json(body), base_url=base_url,
                   response_url=response_url, created_at=time.time(), webhook_url=fal_webhook, user_id=user_id)

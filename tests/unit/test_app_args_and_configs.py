@@ -69,6 +69,17 @@ def test_args_are_strict() -> None:
         import_service_module("serve_app.io")
 
 
+def test_root_mounting_and_path_clashes() -> None:
+    behaviours = {"module": "tests.app.fixtures.behaviours", "route_prefix": "/"}
+    build_app({"services": {"b": behaviours}})  # /steps and /stats at the root
+    with pytest.raises(ValueError, match="needs a path"):
+        build_app({"services": {"sana": {"module": "deployments.sana", "route_prefix": "/",
+                                         "config": {"model": {"preset": "tiny"}, "sprint_model": {"preset": "tiny"},
+                                                    "safety_checker": {"preset": "tiny"}}}}})
+    with pytest.raises(ValueError, match="share a path"):
+        build_app({"services": {"b": behaviours, "c": behaviours}})
+
+
 def test_scaling_translates_fal_knobs() -> None:
     opts = ScalingConfig(keep_alive=300, min_concurrency=1, max_concurrency=3, max_multiplexing=10).deployment_options()
     assert opts == {"max_ongoing_requests": 10, "autoscaling_config": {
