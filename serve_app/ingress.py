@@ -6,11 +6,13 @@ For every endpoint `E` of a service mounted at `/name`: `POST /name<E.path>` (sy
 their deployment handles, and exposes the same calls to Python (`run`, `stream`).
 """
 
+import asyncio
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 from typing import Annotated, Any
 
 from fastapi import Body, Depends, FastAPI, Request
@@ -23,7 +25,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serve_app.auth import ApiKeyAuth, api_keys_from_env
 from serve_app.endpoints import EndpointSpec
-from serve_app.errors import _validation_detail, to_http
+from serve_app.errors import FieldError, _validation_detail, to_http
+from serve_app.io import File
 from serve_app.queue.settings import QueueSettings
 from serve_app.service import RequestInfo
 from serve_app.storage import FILES_ROUTE, LocalStore, StorageConfig, make_store, materialize
@@ -66,6 +69,12 @@ class IngressSettings(BaseModel):
         description="Names of environment variables holding accepted API keys (comma-separated values "
         "allowed); when any is set, every model route (sync, stream, queue) requires "
         "`Authorization: Key <key>`.",
+    )
+    max_upload_bytes: int = Field(
+        default=512 * 1024 * 1024,
+        ge=0,
+        description="Largest file `POST /files` accepts (input files such as training ZIPs; local store only); "
+        "0 turns uploads off.",
     )
 
 
@@ -274,7 +283,74 @@ def create_app(dispatcher: Dispatcher, ready: Any = None) -> FastAPI:
                 raise StarletteHTTPException(404, f"File {key} not found")
             return FileResponse(path)
 
+        if settings.max_upload_bytes > 0:
+            _add_upload_route(app, dispatcher, store, [Depends(auth)] if auth.enabled else [])
+
     return app
+
+
+def _multipart_file(body: bytes, content_type: str) -> tuple[bytes, str, str | None]:
+    """`(data, content type, file name)` of the `file` part of a multipart/form-data body (else of
+    its first part that carries a file name)."""
+    import email
+    import email.policy
+
+    message = email.message_from_bytes(b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body,
+                                       policy=email.policy.HTTP)
+    parts = [p for p in message.iter_parts() if p.get_content_disposition() == "form-data"]
+    part = next((p for p in parts if p.get_param("name", header="content-disposition") == "file"), None) \
+        or next((p for p in parts if p.get_filename()), None)
+    if part is None:
+        raise FieldError("file", "the form has no `file` part", type="missing")
+    data = part.get_payload(decode=True)
+    return (data if isinstance(data, bytes) else b""), part.get_content_type(), part.get_filename()
+
+
+def _add_upload_route(app: FastAPI, dispatcher: Dispatcher, store: LocalStore, dependencies: list[Any]) -> None:
+    """`POST /files`: store an input file (the raw request body, or a multipart form's `file` part)
+    in the local store and answer its File JSON, whose `url` can then be given to any input field
+    that takes a file URL."""
+    limit = dispatcher.settings.max_upload_bytes
+
+    async def receive(request: Request) -> bytes:
+        declared = request.headers.get("content-length", "")
+        too_large = StarletteHTTPException(413, f"The upload is larger than the limit of {limit} bytes.")
+        if declared.isdigit() and int(declared) > limit:
+            raise too_large
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise too_large
+        return bytes(body)
+
+    async def upload(request: Request, file_name: str | None = None) -> JSONResponse:
+        content_type = request.headers.get("content-type", "application/octet-stream")
+        try:
+            data = await receive(request)
+            if content_type.lower().startswith("multipart/form-data"):
+                data, content_type, part_name = await asyncio.to_thread(_multipart_file, data, content_type)
+                file_name = file_name or part_name
+            if not data:
+                raise FieldError("file", "the upload is empty", type="missing")
+        except (FieldError, StarletteHTTPException) as exc:
+            return error_response(exc, request.state.request_id)
+        content_type = content_type.split(";")[0].strip() or "application/octet-stream"
+        file_name = PurePosixPath((file_name or "").replace("\\", "/")).name or None
+        url = await store.put(data, content_type, file_name, dispatcher.base_url(request))
+        uploaded = File(url=url, content_type=content_type, file_name=file_name or url.rsplit("/", 1)[-1],
+                        file_size=len(data))
+        return JSONResponse(uploaded.model_dump(mode="json"))
+
+    app.add_api_route(
+        FILES_ROUTE, upload, methods=["POST"], tags=["files"], dependencies=dependencies, response_model=File,
+        summary="Upload an input file",
+        description=f"Send the file as the raw request body (`curl --data-binary @data.zip -H 'content-type: "
+        f"application/zip' '.../files?file_name=data.zip'`) or as the `file` part of a multipart form "
+        f"(`curl -F file=@data.zip`), at most {limit} bytes. The answer's `url` can be given to any input "
+        "field that takes a file URL (e.g. `images_data_url`). Files are swept like outputs.",
+        responses={413: {"description": "Larger than the upload limit"}},
+    )
 
 
 def _add_endpoint_routes(app: FastAPI, dispatcher: Dispatcher, route: ServiceRoute, spec: EndpointSpec,

@@ -100,6 +100,11 @@ class RankActor:
         """Run one request on this rank. Rank 0's return value (text-encoded when asked) is the
         runner's result."""
         worker = self._worker()
+        if worker.device is not None and getattr(worker.device, "type", "") == "cuda":
+            import torch
+
+            # Calls run on the actor's threads, which don't inherit the device set in setup().
+            torch.cuda.set_device(worker.device)
         worker._cancel.clear()
         while not worker._stream.empty():  # items a cancelled request left behind
             worker._stream.get_nowait()
