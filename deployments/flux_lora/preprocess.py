@@ -23,14 +23,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from deployments.flux_lora.captioner import BLIP_LARGE_ID
 from serve_app.archive import ArchiveImage, ArchiveLimits, extract_images
-from serve_app.distributed import DistributedRunner, RankResources, placement_options
+from serve_app.distributed import RankResources
 from serve_app.distributed.runner import run_blocking
+from serve_app.distributed.service import DistributedService
 from serve_app.endpoints import endpoint
 from serve_app.errors import FieldError, RequestCancelled
 from serve_app.inputs import FetchOptions, fetch_url
 from serve_app.io import File
 from serve_app.models.source import DtypeName, ModelSource
-from serve_app.service import RunContext, Service
+from serve_app.service import RunContext
 
 FLUX_DEV_ID = "black-forest-labs/FLUX.1-dev"
 FIELD = "images_data_url"
@@ -114,28 +115,15 @@ def prepare_images(images: list[ArchiveImage], resolution: int) -> tuple[Any, li
     return pixels, [image.caption for image in images]
 
 
-class FluxPreprocessService(Service):
+class FluxPreprocessService(DistributedService):
     """Owns a DistributedRunner of `FluxPreprocessWorker` ranks in this replica's placement group."""
-
-    concurrency_safe = True  # the runner takes one request at a time itself
-
-    @classmethod
-    def deployment_defaults(cls, config: BaseModel) -> dict[str, Any]:
-        if not isinstance(config, FluxPreprocessConfig):
-            raise TypeError(f"expected FluxPreprocessConfig, got {type(config).__name__}")
-        return {"max_ongoing_requests": 1, **placement_options(config.world_size, config.resources)}
 
     def __init__(self, config: FluxPreprocessConfig) -> None:
         from deployments.flux_lora.preprocess_worker import FluxPreprocessWorker
 
         self.config = config
-        res = config.resources
-        self.runner = DistributedRunner(
-            FluxPreprocessWorker, config.world_size, use_gpu=res.use_gpu, num_cpus_per_rank=res.num_cpus_per_rank,
-            collective_timeout_s=res.collective_timeout_s, stop_grace_s=res.stop_grace_s,
-        )
-        self.runner.start_blocking(
-            timeout=config.start_timeout_s, model=config.model.model_dump(),
+        self.start_runner(
+            FluxPreprocessWorker, config, model=config.model.model_dump(),
             captioner=config.captioner.model_dump() if config.captioner else None, dtype=config.dtype,
             caption_max_new_tokens=config.caption_max_new_tokens, caption_num_beams=config.caption_num_beams,
         )
@@ -180,9 +168,6 @@ class FluxPreprocessService(Service):
         return PreprocessOutput(
             preprocessed_data=File.from_bytes(result["data"], "application/octet-stream", "preprocessed.safetensors"),
             num_images=n, message=f"Preprocessed {n} images with trigger word '{request.trigger_word}'")
-
-    async def check_health(self) -> None:  # type: ignore[override]
-        await self.runner.check_health()
 
 
 def build(name: str, args: Any) -> Any:

@@ -24,13 +24,14 @@ from ray import serve
 
 from deployments.flux_lora.lora import CHECKPOINT_NAME
 from deployments.flux_lora.training import LRScheduler
-from serve_app.distributed import DistributedRunner, RankResources, placement_options
+from serve_app.distributed import RankResources
+from serve_app.distributed.service import DistributedService
 from serve_app.endpoints import endpoint
 from serve_app.errors import FieldError, RequestCancelled, RequestTimeout, ServiceUnavailable, UpstreamError
 from serve_app.inputs import FetchOptions, fetch_url
 from serve_app.io import File
 from serve_app.models.source import DtypeName, ModelSource
-from serve_app.service import RequestInfo, RunContext, Service
+from serve_app.service import RequestInfo, RunContext
 from serve_app.streaming import Partial, Progress
 
 logger = logging.getLogger("ray.serve")
@@ -158,29 +159,21 @@ class PreprocessingStatus(BaseModel):
     message: str = Field(description="The preprocessor's summary.")
 
 
-class FluxTrainService(Service):
+class FluxTrainService(DistributedService):
     """Owns a DistributedRunner of `FluxLoRATrainWorker` ranks in this replica's placement group."""
-
-    concurrency_safe = True  # the runner takes one job at a time itself
 
     @classmethod
     def deployment_defaults(cls, config: BaseModel) -> dict[str, Any]:
-        if not isinstance(config, FluxTrainConfig):
-            raise TypeError(f"expected FluxTrainConfig, got {type(config).__name__}")
-        return {"max_ongoing_requests": 1, "graceful_shutdown_timeout_s": config.graceful_shutdown_timeout_s,
-                **placement_options(config.world_size, config.resources)}
+        # A redeploy or downscale lets a running job finish.
+        return {**super().deployment_defaults(config),
+                "graceful_shutdown_timeout_s": getattr(config, "graceful_shutdown_timeout_s", 20.0)}
 
     def __init__(self, config: FluxTrainConfig) -> None:
         from deployments.flux_lora.train_worker import FluxLoRATrainWorker
 
         self.config = config
-        res = config.resources
-        self.runner = DistributedRunner(
-            FluxLoRATrainWorker, config.world_size, use_gpu=res.use_gpu, num_cpus_per_rank=res.num_cpus_per_rank,
-            collective_timeout_s=res.collective_timeout_s, stop_grace_s=res.stop_grace_s,
-        )
-        self.runner.start_blocking(
-            timeout=config.start_timeout_s, model=config.model.model_dump(), subfolder=config.subfolder,
+        self.start_runner(
+            FluxLoRATrainWorker, config, model=config.model.model_dump(), subfolder=config.subfolder,
             dtype=config.dtype, lora_rank=config.lora_rank, lora_alpha=config.lora_alpha,
             gradient_checkpointing=config.gradient_checkpointing,
             warmup_resolution=config.warmup_resolution if config.warmup else None,
@@ -268,9 +261,6 @@ class FluxTrainService(Service):
             message=f"Trained a rank-{self.config.lora_rank} Flux LoRA for {result['num_steps']} steps on "
                     f"{result['num_images']} images with {gpus}.",
         )
-
-    async def check_health(self) -> None:  # type: ignore[override]
-        await self.runner.check_health()
 
 
 def build(name: str, args: Any) -> Any:

@@ -12,13 +12,14 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from serve_app.distributed import DistributedRunner, RankResources, placement_options
+from serve_app.distributed import RankResources
 from serve_app.distributed.runner import run_blocking
+from serve_app.distributed.service import DistributedService
 from serve_app.endpoints import endpoint
 from serve_app.errors import RequestCancelled
 from serve_app.io import Image, ImageFormat
 from serve_app.models.source import DtypeName, ModelSource
-from serve_app.service import RunContext, Service
+from serve_app.service import RunContext
 
 SDXL_ID = "stabilityai/stable-diffusion-xl-base-1.0"
 TAESDXL_ID = "madebyollin/taesdxl"
@@ -64,28 +65,15 @@ class ParallelSDXLOutput(BaseModel):
     num_images: int = Field(description="Images in the grid (one per GPU).")
 
 
-class ParallelSDXLService(Service):
+class ParallelSDXLService(DistributedService):
     """Owns a DistributedRunner of `SDXLWorker` ranks in this replica's placement group."""
-
-    concurrency_safe = True  # the runner takes one request at a time itself
-
-    @classmethod
-    def deployment_defaults(cls, config: BaseModel) -> dict[str, Any]:
-        if not isinstance(config, ParallelSDXLConfig):
-            raise TypeError(f"expected ParallelSDXLConfig, got {type(config).__name__}")
-        return {"max_ongoing_requests": 1, **placement_options(config.world_size, config.resources)}
 
     def __init__(self, config: ParallelSDXLConfig) -> None:
         from deployments.parallel_sdxl.worker import SDXLWorker
 
         self.config = config
-        res = config.resources
-        self.runner = DistributedRunner(
-            SDXLWorker, config.world_size, use_gpu=res.use_gpu, num_cpus_per_rank=res.num_cpus_per_rank,
-            collective_timeout_s=res.collective_timeout_s, stop_grace_s=res.stop_grace_s,
-        )
-        self.runner.start_blocking(
-            timeout=config.start_timeout_s, model=config.model.model_dump(),
+        self.start_runner(
+            SDXLWorker, config, model=config.model.model_dump(),
             preview_vae=config.preview_vae.model_dump(), dtype=config.dtype,
         )
         if config.warmup:
@@ -116,9 +104,6 @@ class ParallelSDXLService(Service):
             raise RequestCancelled()
         return ParallelSDXLOutput(image=Image.from_pil(result["image"], request.output_format), seed=seed,
                                   num_images=self.config.world_size)
-
-    async def check_health(self) -> None:  # type: ignore[override]
-        await self.runner.check_health()
 
 
 def build(name: str, args: Any) -> Any:
