@@ -76,7 +76,7 @@ class RankActor:
             device = torch.device("cuda", index)
             torch.cuda.set_device(device)
         init_kwargs: dict[str, Any] = {}
-        if backend == "nccl":
+        if backend == "nccl" and getattr(self.worker_cls, "bind_device_at_init", True):
             init_kwargs["device_id"] = device
         dist.init_process_group(
             backend=backend, init_method=f"tcp://{master_addr}:{master_port}", rank=self.rank,

@@ -60,6 +60,10 @@ class DistributedWorker:
     torch.distributed collectives freely: all ranks run the same call.
     """
 
+    # Pass `device_id` to `init_process_group` (eager NCCL communicator). Libraries that create
+    # their own subgroups with `new_group` (xfuser) may need it off.
+    bind_device_at_init = True
+
     def __init__(self, rank: int = 0, world_size: int = 1) -> None:
         self.rank = rank
         self.world_size = world_size

@@ -1,0 +1,223 @@
+"""xFuser (xDiT) model-parallel text-to-image: one image split over the replica's GPUs.
+
+The replica owns a DistributedRunner of `XFuserWorker` ranks in its placement group (one GPU each,
+NCCL, a free rendezvous port); every request runs on all ranks and the image comes back from the
+rank that decodes it. The model family and the parallel layout come from the config and are checked
+before any GPU is touched: a layout that doesn't multiply to `world_size`, or that the model can't
+use, stops the application with a message listing the layouts that would work.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from deployments.xfuser.families import (
+    FAMILIES,
+    TINY_HEADS,
+    FamilyName,
+    Layout,
+    family_of,
+    resolve_layout,
+    size_multiple,
+)
+from deployments.xfuser.worker import EngineSpec, WarmupSpec
+from serve_app.distributed import RankResources
+from serve_app.distributed.service import DistributedService
+from serve_app.endpoints import endpoint
+from serve_app.errors import FieldError, RequestCancelled
+from serve_app.io import Image, ImageFormat
+from serve_app.models.source import DtypeName, ModelSource
+from serve_app.service import RunContext
+
+SD3_MEDIUM_ID = "stabilityai/stable-diffusion-3-medium-diffusers"
+MAX_SIDE = 2048
+
+
+class XFuserConfig(BaseModel):
+    """Configuration of the xFuser service."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: ModelSource = Field(default=ModelSource(id=SD3_MEDIUM_ID), description="Pipeline weights.")
+    family: FamilyName | None = Field(
+        default=None, description="sd3, flux, pixart_alpha, pixart_sigma, hunyuandit or sdxl; inferred from "
+        "released hub ids, required for presets and local directories.")
+    world_size: int = Field(default=2, ge=1, le=8, description="GPUs per replica (ranks).")
+    parallel: Layout = Field(default_factory=Layout,
+                             description="xDiT degrees; their product must be world_size. Unset: automatic.")
+    backend: Literal["xfuser", "diffusers"] = Field(
+        default="xfuser", description="xfuser (model parallel), or plain diffusers on every rank (the "
+        "single-GPU baseline, and the CPU stand-in where xfuser cannot run).")
+    resources: RankResources = Field(default_factory=RankResources, description="Per-rank resources.")
+    dtype: DtypeName = Field(default="auto", description="auto = bfloat16 on CUDA (xfuser needs 16-bit), "
+                             "float32 on CPU.")
+    use_torch_compile: bool = Field(default=False, description="torch.compile the transformer (warm up first: "
+                                    "the first call compiles for minutes).")
+    compile_scope: Literal["blocks", "whole"] = Field(
+        default="blocks", description="blocks: compile each transformer block (regional: seconds to compile, "
+        "most of the speed-up); whole: the whole forward, as xfuser's own flag does.")
+    warmup_steps: int = Field(default=1, ge=0, description="PipeFusion's exact synchronous steps before it "
+                              "pipelines patches with one step-old activations.")
+    attention_backend: str | None = Field(default=None, description="xfuser attention backend (e.g. SDPA, "
+                                          "CUDNN); default: xfuser's choice.")
+    default_height: int = Field(default=1024, ge=64, le=MAX_SIDE, description="Height when a request omits it.")
+    default_width: int = Field(default=1024, ge=64, le=MAX_SIDE, description="Width when a request omits it.")
+    warmup: WarmupSpec = Field(default_factory=WarmupSpec, description="Warm-up before taking traffic.")
+    start_timeout_s: float = Field(default=1800, gt=0, description="Limit for loading and warming up.")
+    call_timeout_s: float | None = Field(default=600, gt=0, description="Limit for one request (null: none).")
+
+    @model_validator(mode="after")
+    def _check(self) -> XFuserConfig:
+        if self.family is None:
+            found = family_of(self.model.id) if self.model.id else None
+            if found is None:
+                raise ValueError(f"cannot tell the model family of {self.model.describe()}; set `family` to one "
+                                 f"of {', '.join(FAMILIES)}")
+            self.family = found  # type: ignore[assignment]
+        family = FAMILIES[self.fam]
+        if self.warmup.enabled and self.warmup.num_inference_steps < family.min_steps:
+            raise ValueError(f"warmup.num_inference_steps must be at least {family.min_steps} for {family.name}")
+        if self.backend == "diffusers" and not self.parallel.is_auto and self.parallel.gpus != 1:
+            raise ValueError("backend `diffusers` runs no model parallelism: leave `parallel` unset")
+        if self.backend == "xfuser":
+            if self.dtype == "float32":
+                raise ValueError("xfuser needs bfloat16 or float16 (its sequence-parallel attention returns NaN "
+                                 "in float32); use dtype auto, bfloat16 or float16, or backend diffusers")
+            if not self.resources.use_gpu:
+                raise ValueError("backend xfuser runs on GPUs only (xfuser cannot be imported without one); "
+                                 "use backend diffusers on CPU")
+            layout = resolve_layout(family, self.parallel, self.world_size, self.heads)
+            rows, cols = size_multiple(family, layout)
+            for name in ("default", "warmup"):
+                h, w = ((self.default_height, self.default_width) if name == "default"
+                        else (self.warmup.height, self.warmup.width))
+                if h % rows or w % cols:
+                    raise ValueError(f"{name} size {w}x{h} does not fit {layout.describe()}: height must be a "
+                                     f"multiple of {rows} and width of {cols}")
+        return self
+
+    @property
+    def fam(self) -> str:
+        assert self.family is not None
+        return self.family
+
+    @property
+    def heads(self) -> int:
+        return TINY_HEADS if self.model.preset == "tiny" else FAMILIES[self.fam].heads
+
+    def layout(self) -> Layout:
+        if self.backend == "diffusers":
+            return Layout(pipefusion_parallel_degree=1, ulysses_degree=1, ring_degree=1, use_cfg_parallel=False)
+        return resolve_layout(FAMILIES[self.fam], self.parallel, self.world_size, self.heads)
+
+    def engine_spec(self) -> EngineSpec:
+        return EngineSpec(
+            family=self.fam, model=self.model, layout=self.layout() if self.backend == "xfuser" else Layout(),
+            backend=self.backend, dtype=self.dtype, use_torch_compile=self.use_torch_compile,
+            compile_scope=self.compile_scope,
+            warmup_steps=self.warmup_steps, attention_backend=self.attention_backend, warmup=self.warmup,
+        )
+
+
+class XFuserInput(BaseModel):
+    """Input of `POST /xfuser`."""
+
+    prompt: str = Field(min_length=1, description="The prompt to generate an image from.",
+                        examples=["an astronaut riding a horse on the moon"])
+    negative_prompt: str = Field(default="", description="What the image should not contain (models with "
+                                 "classifier-free guidance only).")
+    num_inference_steps: int | None = Field(default=None, ge=1, le=100,
+                                            description="Denoising steps (default: the model's, e.g. 28).")
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1,
+                             description="Same seed, prompt and settings give the same image; omit for random.")
+    guidance_scale: float | None = Field(default=None, ge=0, le=30,
+                                         description="Guidance scale (default: the model's).")
+    height: int | None = Field(default=None, ge=64, le=MAX_SIDE, description="Image height (default: the "
+                               "service's, 1024 in prod); a multiple the parallel layout needs.")
+    width: int | None = Field(default=None, ge=64, le=MAX_SIDE, description="Image width.")
+    output_format: ImageFormat = Field(default="jpeg", description="Format of the generated image.")
+
+
+class XFuserTimings(BaseModel):
+    """Seconds spent, as fal reports them."""
+
+    inference: float = Field(description="Denoising and decoding on the GPUs.")
+    total: float = Field(description="The whole request inside the service.")
+
+
+class XFuserOutput(BaseModel):
+    """The generated image and how it was made."""
+
+    images: list[Image] = Field(description="The generated image.")
+    seed: int = Field(description="The seed used.")
+    prompt: str = Field(description="The prompt used.")
+    timings: XFuserTimings = Field(description="Where the time went.")
+    parallelism: str = Field(description="The layout that made it, e.g. 'pipefusion=1 ulysses=2 ring=1 cfg=off'.")
+
+
+class XFuserService(DistributedService):
+    """Owns a DistributedRunner of `XFuserWorker` ranks in this replica's placement group."""
+
+    def __init__(self, config: XFuserConfig) -> None:
+        from deployments.xfuser.worker import XFuserWorker
+
+        self.config = config
+        self.family = FAMILIES[config.fam]
+        self.parallel = config.layout()
+        self.start_runner(XFuserWorker, config, **config.engine_spec().model_dump())
+
+    def _check(self, request: XFuserInput) -> tuple[int, int]:
+        height = request.height or self.config.default_height
+        width = request.width or self.config.default_width
+        rows, cols = size_multiple(self.family, self.parallel)
+        if height % rows:
+            raise FieldError("height", f"must be a multiple of {rows} for this model and parallel layout "
+                             f"({self.parallel.describe()})")
+        if width % cols:
+            raise FieldError("width", f"must be a multiple of {cols} for this model")
+        steps = request.num_inference_steps
+        if steps is not None and steps < self.family.min_steps:
+            raise FieldError("num_inference_steps", f"must be at least {self.family.min_steps} for "
+                             f"{self.family.name}")
+        if request.negative_prompt and not self.family.uses_cfg:
+            raise FieldError("negative_prompt", f"{self.family.name} has no classifier-free guidance; leave it "
+                             "empty")
+        return height, width
+
+    @endpoint("", input=XFuserInput, output=XFuserOutput)
+    async def generate(self, request: XFuserInput, ctx: RunContext) -> XFuserOutput:
+        """Generate one image with the model split over the replica's GPUs."""
+        start = time.perf_counter()
+        height, width = self._check(request)
+        seed = request.seed if request.seed is not None else secrets.randbelow(2**32)
+        steps = request.num_inference_steps or self.family.default_steps
+        payload = {"prompt": request.prompt, "negative_prompt": request.negative_prompt, "height": height,
+                   "width": width, "num_inference_steps": steps, "seed": seed,
+                   "guidance_scale": request.guidance_scale}
+        timeout = self.config.call_timeout_s
+        result: dict[str, Any] = {}
+        if ctx.streaming:
+            async for item in self.runner.stream(payload, timeout=timeout):
+                if "step" in item:
+                    ctx.progress(item["step"], item["total"], "denoising")
+                else:
+                    result = item
+        else:
+            result = await self.runner.invoke(payload, timeout=timeout)
+        if result.get("cancelled"):
+            raise RequestCancelled()
+        image = Image.from_pil(result["image"], request.output_format)
+        return XFuserOutput(images=[image], seed=seed, prompt=request.prompt, parallelism=result["layout"],
+                            timings=XFuserTimings(inference=result["inference_s"],
+                                                  total=time.perf_counter() - start))
+
+
+def build(name: str, args: Any) -> Any:
+    """Builder: validate the config (family, layout, sizes) and bind the deployment."""
+    from serve_app.app import bind_service
+
+    return bind_service(XFuserService, XFuserConfig.model_validate(args.config), name, args)
