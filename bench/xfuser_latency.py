@@ -67,7 +67,7 @@ def run_case(case: dict[str, Any], args: argparse.Namespace, client: Any) -> dic
     serve.run(app, name="bench", route_prefix="/")
     startup = time.perf_counter() - started
     body = {"prompt": "an astronaut riding a horse on the moon", "num_inference_steps": args.steps, "seed": 0,
-            "output_format": "png"}
+            "output_format": "jpeg"}
     walls, inference = [], []
     out: dict[str, Any] = {}
     for _ in range(args.runs + 1):  # the first call is a warm-up at the full step count

@@ -8,7 +8,9 @@ replica's GPUs, and the model must support each kind of parallelism it names:
   splits the attention heads too, so its degree must divide them;
 - CFG parallel runs the conditional and unconditional branches on two GPUs (exact), so only for
   models that use classifier-free guidance.
-SDXL is a UNet: xDiT parallelises it with CFG parallel only.
+SDXL is a UNet: xDiT parallelises it with CFG parallel only. Two combinations xDiT lists are turned
+off here because they did not work with xfuser 0.7 and diffusers 0.42 on the GPUs (`why_not`):
+SD3 with PipeFusion, and HunyuanDiT with anything but CFG parallel.
 
 Everything here is plain Python: config validation runs (and is tested) without xfuser or a GPU.
 """
@@ -42,12 +44,15 @@ class Family:
     hub_names: tuple[str, ...]  # last path component of released hub ids
     max_sequence_length: int | None = None  # T5 tokens (passed to pipelines that take it)
     min_steps: int = 1  # PixArt's pipelines treat 1 step as a one-step (DMD) scheduler
+    why_not: str = ""  # why a kind of parallelism xDiT lists is turned off here (measured)
 
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
-    Family("sd3", "StableDiffusion3Pipeline", "xFuserStableDiffusion3Pipeline", True, True, True, True,
+    Family("sd3", "StableDiffusion3Pipeline", "xFuserStableDiffusion3Pipeline", False, True, True, True,
            heads=24, patch_size=2, default_steps=28, default_guidance=7.0,
-           hub_names=("stable-diffusion-3-medium-diffusers",), max_sequence_length=256),
+           hub_names=("stable-diffusion-3-medium-diffusers",), max_sequence_length=256,
+           why_not="xfuser 0.7's SD3 PipeFusion attention fails on diffusers 0.42 (its KV cache mixes "
+           "[B, S, H, D] and [B, S, H*D] shapes)"),
     Family("flux", "FluxPipeline", "xFuserFluxPipeline", True, True, False, False,
            heads=24, patch_size=2, default_steps=28, default_guidance=3.5,
            hub_names=("FLUX.1-dev", "FLUX.1-schnell"), max_sequence_length=512),
@@ -57,9 +62,11 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("pixart_sigma", "PixArtSigmaPipeline", "xFuserPixArtSigmaPipeline", True, True, True, True,
            heads=16, patch_size=2, default_steps=20, default_guidance=4.5,
            hub_names=("PixArt-Sigma-XL-2-1024-MS", "PixArt-Sigma-XL-2-2K-MS"), max_sequence_length=300, min_steps=2),
-    Family("hunyuandit", "HunyuanDiTPipeline", "xFuserHunyuanDiTPipeline", True, True, True, True,
+    Family("hunyuandit", "HunyuanDiTPipeline", "xFuserHunyuanDiTPipeline", False, False, True, True,
            heads=16, patch_size=2, default_steps=50, default_guidance=5.0,
-           hub_names=("HunyuanDiT-v1.2-Diffusers", "HunyuanDiT-v1.1-Diffusers")),
+           hub_names=("HunyuanDiT-v1.2-Diffusers", "HunyuanDiT-v1.1-Diffusers"),
+           why_not="with xfuser 0.7 and diffusers 0.42, HunyuanDiT's Ulysses, Ring and PipeFusion images are "
+           "as far from the single-GPU image as an unrelated seed's"),
     Family("sdxl", "StableDiffusionXLPipeline", "xFuserStableDiffusionXLPipeline", False, False, True, True,
            heads=0, patch_size=1, default_steps=30, default_guidance=5.0,
            hub_names=("stable-diffusion-xl-base-1.0",)),
@@ -139,10 +146,11 @@ def _problems(family: Family, layout: Layout, world_size: int, heads: int) -> li
         out.append(f"{layout.describe()} uses {layout.gpus} GPU(s) but the service has world_size={world_size}")
     if layout.cfg > 1 and not family.cfg_parallel:
         out.append(f"{family.name} has no classifier-free guidance to split (use_cfg_parallel must be off)")
+    why = f" ({family.why_not})" if family.why_not else ""
     if layout.pp > 1 and not family.pipefusion:
-        out.append(f"{family.name} does not support PipeFusion")
+        out.append(f"{family.name} does not support PipeFusion{why}")
     if layout.sp > 1 and not family.sequence_parallel:
-        out.append(f"{family.name} does not support sequence parallelism (ulysses/ring)")
+        out.append(f"{family.name} does not support sequence parallelism (ulysses/ring){why}")
     if layout.ulysses > 1 and heads and heads % layout.ulysses:
         out.append(f"ulysses_degree={layout.ulysses} must divide the model's {heads} attention heads")
     if layout.num_pipeline_patch is not None and layout.pp == 1 and layout.num_pipeline_patch > 1:

@@ -10,7 +10,7 @@ Tolerances (mean absolute difference of the uint8 images, over 255), and why:
   activations; over the steps the images drift by well under 1% of the range: 0.01.
 - PipeFusion: not exact by design. After `warmup_steps` synchronous steps, each patch attends to the
   other patches' one step-old activations, so the result is an approximation of the single-GPU
-  one: 0.05. The seed control shows what an unrelated image scores: about 0.25 or more.
+  one: 0.02 (measured 0.001-0.002 at 8 steps). An unrelated seed scores 0.11-0.21.
 The table of measured errors is printed (run with -s) and written to $OUT when set.
 """
 
@@ -30,7 +30,7 @@ from serve_app.distributed import DistributedRunner
 pytestmark = pytest.mark.gpu
 
 EXACT_TOL = 0.01
-PIPEFUSION_TOL = 0.05
+PIPEFUSION_TOL = 0.02
 UNRELATED_MIN = 0.1
 SIZE, STEPS = 256, 8
 REQUEST = {"prompt": "a photo of a cat", "negative_prompt": "blurry, low quality", "height": SIZE,
@@ -55,12 +55,13 @@ async def parity_table(world_size: int) -> list[dict[str, Any]]:
     await runner.start(timeout=600, family="flux", backend="diffusers", **base)
     try:
         references = {}
-        for family in FAMILIES:  # all references before xfuser is imported, so nothing it patches leaks in
+        families = [f for f in FAMILIES if layouts_for(f, world_size)]
+        for family in families:  # all references before xfuser is imported, so nothing it patches leaks in
             await runner.invoke({"op": "load", "family": family, "backend": "diffusers", **base})
             references[family] = await runner.invoke(REQUEST)
             other = await runner.invoke({**REQUEST, "seed": 8})
             references[family]["unrelated"] = diff(references[family]["image"], other["image"])
-        for family in FAMILIES:
+        for family in families:
             for layout in layouts_for(family, world_size):
                 row = {"world_size": world_size, "family": family, **layout,
                        "unrelated": references[family]["unrelated"]}
@@ -104,7 +105,8 @@ def test_xfuser_matches_single_gpu_diffusers(ray_gpus: int, world_size: int) -> 
         pytest.skip(f"needs {world_size} GPUs")
     rows = asyncio.run(parity_table(world_size))
     report(rows, world_size)
-    assert {r["family"] for r in rows} == set(FAMILIES) - ({"sdxl"} if world_size != 2 else set())
+    # SDXL and HunyuanDiT have CFG parallel only: 2 GPUs
+    assert {r["family"] for r in rows} == set(FAMILIES) - ({"sdxl", "hunyuandit"} if world_size != 2 else set())
     failures = []
     for r in rows:
         tol = PIPEFUSION_TOL if r["pipefusion_parallel_degree"] > 1 else EXACT_TOL

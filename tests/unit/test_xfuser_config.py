@@ -44,6 +44,7 @@ def test_default_config_is_sd3_medium_on_two_gpus_with_cfg_parallel() -> None:
     ("sd3", 4, layout(u=2, cfg=True)),
     ("pixart_sigma", 4, layout(u=2, cfg=True)),
     ("hunyuandit", 2, layout(cfg=True)),
+    ("pixart_alpha", 2, layout(cfg=True)),
     ("sdxl", 2, layout(cfg=True)),
 ])
 def test_automatic_layouts(family: str, world: int, expected: Layout) -> None:
@@ -65,6 +66,10 @@ def test_layouts_the_model_cannot_use_are_rejected_with_the_reason() -> None:
         config(model={"id": "black-forest-labs/FLUX.1-dev"}, parallel={"use_cfg_parallel": True})
     with pytest.raises(ValidationError, match="sdxl does not support PipeFusion"):
         config(model={"id": "stabilityai/stable-diffusion-xl-base-1.0"}, parallel={"pipefusion_parallel_degree": 2})
+    with pytest.raises(ValidationError, match=r"sd3 does not support PipeFusion \(xfuser 0.7's SD3 PipeFusion"):
+        config(parallel={"pipefusion_parallel_degree": 2})
+    with pytest.raises(ValidationError, match="hunyuandit does not support sequence parallelism"):
+        config(model={"id": "Tencent-Hunyuan/HunyuanDiT-v1.2-Diffusers"}, parallel={"ring_degree": 2})
     with pytest.raises(ValidationError, match="sdxl cannot be split over 4 GPUs"):
         config(model={"id": "stabilityai/stable-diffusion-xl-base-1.0"}, world_size=4)
     with pytest.raises(ValidationError, match=r"ulysses_degree=5 must divide the model.s 24 attention heads"):
