@@ -57,9 +57,6 @@ class XFuserConfig(BaseModel):
                              "float32 on CPU.")
     use_torch_compile: bool = Field(default=False, description="torch.compile the transformer (warm up first: "
                                     "the first call compiles for minutes).")
-    compile_scope: Literal["blocks", "whole"] = Field(
-        default="blocks", description="blocks: compile each transformer block (regional: seconds to compile, "
-        "most of the speed-up); whole: the whole forward, as xfuser's own flag does.")
     warmup_steps: int = Field(default=1, ge=0, description="PipeFusion's exact synchronous steps before it "
                               "pipelines patches with one step-old activations.")
     attention_backend: str | None = Field(default=None, description="xfuser attention backend (e.g. SDPA, "
@@ -118,7 +115,6 @@ class XFuserConfig(BaseModel):
         return EngineSpec(
             family=self.fam, model=self.model, layout=self.layout() if self.backend == "xfuser" else Layout(),
             backend=self.backend, dtype=self.dtype, use_torch_compile=self.use_torch_compile,
-            compile_scope=self.compile_scope,
             warmup_steps=self.warmup_steps, attention_backend=self.attention_backend, warmup=self.warmup,
         )
 

@@ -54,7 +54,6 @@ class EngineSpec(BaseModel):
     backend: str = "xfuser"
     dtype: DtypeName = "auto"
     use_torch_compile: bool = False
-    compile_scope: str = "blocks"
     warmup_steps: int = Field(default=1, ge=0, description="PipeFusion's exact (synchronous) steps.")
     attention_backend: str | None = None
     warmup: WarmupSpec = Field(default_factory=lambda: WarmupSpec(enabled=False))
@@ -88,26 +87,6 @@ def build_pipeline(spec: EngineSpec, device: str, dtype: Any) -> Any:
 
     return build_or_load(spec.model, load=load,
                          presets={"tiny": lambda: preset("tiny"), "full": lambda: preset("full")})
-
-
-BLOCK_LISTS = ("transformer_blocks", "single_transformer_blocks", "blocks")
-
-
-def compile_backbone(backbone: Any, scope: str) -> int:
-    """torch.compile the denoiser. `blocks` (regional compilation) compiles each transformer block
-    in place: the blocks of a list share one compiled graph, so it compiles in seconds instead of
-    minutes and keeps most of the speed-up; `whole` compiles the whole forward (UNets always).
-    Returns the number of compiled modules."""
-    import torch
-
-    blocks = [b for name in BLOCK_LISTS if isinstance(getattr(backbone, name, None), torch.nn.ModuleList)
-              for b in getattr(backbone, name)]
-    if scope == "blocks" and blocks:
-        for block in blocks:
-            block.compile()
-        return len(blocks)
-    backbone.forward = torch.compile(backbone.forward)
-    return 1
 
 
 class _StepReporter:
@@ -146,6 +125,8 @@ class XFuserWorker(DistributedWorker):
     # --- loading ------------------------------------------------------------------------------
     def load(self, **raw: Any) -> dict[str, Any]:
         """Build (or rebuild) the pipeline for `raw` (an `EngineSpec`), wrap it, warm it up."""
+        import torch
+
 
         self.unload()
         spec = EngineSpec.model_validate(raw)
@@ -166,8 +147,9 @@ class XFuserWorker(DistributedWorker):
         else:
             self.pipe = pipe
             self.output_rank = self.world_size - 1
-        if spec.use_torch_compile and not (spec.backend == "xfuser" and spec.compile_scope == "whole"):
-            compile_backbone(getattr(pipe, "transformer", None) or pipe.unet, spec.compile_scope)
+        if spec.use_torch_compile and spec.backend == "diffusers":  # as xfuser does with its flag
+            backbone = getattr(pipe, "transformer", None) or pipe.unet
+            backbone.forward = torch.compile(backbone.forward)
         self._reporter: Any = None
         pipe.progress_bar = self._progress_bar
         if spec.warmup.enabled:
@@ -197,8 +179,7 @@ class XFuserWorker(DistributedWorker):
             model=spec.model.describe(), pipefusion_parallel_degree=layout.pp, ulysses_degree=layout.ulysses,
             ring_degree=layout.ring, use_cfg_parallel=bool(layout.use_cfg_parallel),
             num_pipeline_patch=layout.num_pipeline_patch, warmup_steps=spec.warmup_steps,
-            use_torch_compile=spec.use_torch_compile and spec.compile_scope == "whole",
-            attention_backend=spec.attention_backend,
+            use_torch_compile=spec.use_torch_compile, attention_backend=spec.attention_backend,
         )
         engine_config, _ = args.create_config()
         engine_config.runtime_config.dtype = self.dtype  # the PipeFusion fix (module docstring)
