@@ -9,6 +9,7 @@ use, stops the application with a message listing the layouts that would work.
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
 from typing import Any, Literal
@@ -33,6 +34,7 @@ from serve_app.io import Image, ImageFormat
 from serve_app.models.source import DtypeName, ModelSource
 from serve_app.service import RunContext
 
+logger = logging.getLogger("ray.serve")
 SD3_MEDIUM_ID = "stabilityai/stable-diffusion-3-medium-diffusers"
 MAX_SIDE = 2048
 
@@ -164,6 +166,9 @@ class XFuserService(DistributedService):
         self.config = config
         self.family = FAMILIES[config.fam]
         self.parallel = config.layout()
+        if self.family.name == "sd3" and self.parallel.sp > 1:
+            logger.warning("SD3 with Ulysses/Ring measured slower than one GPU on 4 x H200 "
+                           "(bench/xfuser_latency.py); 2 GPUs with CFG parallel is the fast layout")
         self.start_runner(XFuserWorker, config, **config.engine_spec().model_dump())
 
     def _check(self, request: XFuserInput) -> tuple[int, int]:
