@@ -77,6 +77,11 @@ VAE_SCALE = 8
 SCHNELL_DEFAULTS = (4, 0.0)  # FLUX.1-schnell: 4 steps, no guidance
 
 
+def heads_of(family: str, preset: str | None) -> int:
+    """Attention heads of the model a config loads: the tiny preset's, else the released model's."""
+    return TINY_HEADS if preset == "tiny" else FAMILIES[family].heads
+
+
 def family_of(model_id: str) -> str | None:
     """The family of a released hub id, from its last path component (as the seed demo maps it)."""
     last = model_id.rstrip("/").split("/")[-1]
@@ -136,6 +141,9 @@ class Layout(BaseModel):
                 f"cfg={'on' if self.use_cfg_parallel else 'off'}")
 
 
+SINGLE = Layout(pipefusion_parallel_degree=1, ulysses_degree=1, ring_degree=1, use_cfg_parallel=False)
+
+
 def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
@@ -192,7 +200,7 @@ def resolve_layout(family: Family, layout: Layout, world_size: int, heads: int) 
     if world_size == 1:
         if layout.gpus != 1:
             raise ValueError(f"{layout.describe()} needs {layout.gpus} GPUs but world_size=1")
-        return Layout(pipefusion_parallel_degree=1, ulysses_degree=1, ring_degree=1, use_cfg_parallel=False)
+        return SINGLE
     if layout.is_auto:
         return auto_layout(family, world_size, heads)
     problems = _problems(family, layout, world_size, heads)

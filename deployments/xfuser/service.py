@@ -18,10 +18,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from deployments.xfuser.families import (
     FAMILIES,
-    TINY_HEADS,
+    SINGLE,
     FamilyName,
     Layout,
     family_of,
+    heads_of,
     resolve_layout,
     size_multiple,
 )
@@ -106,11 +107,11 @@ class XFuserConfig(BaseModel):
 
     @property
     def heads(self) -> int:
-        return TINY_HEADS if self.model.preset == "tiny" else FAMILIES[self.fam].heads
+        return heads_of(self.fam, self.model.preset)
 
     def layout(self) -> Layout:
         if self.backend == "diffusers":
-            return Layout(pipefusion_parallel_degree=1, ulysses_degree=1, ring_degree=1, use_cfg_parallel=False)
+            return SINGLE
         return resolve_layout(FAMILIES[self.fam], self.parallel, self.world_size, self.heads)
 
     def engine_spec(self) -> EngineSpec:

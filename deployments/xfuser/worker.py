@@ -27,7 +27,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from deployments.xfuser.families import FAMILIES, TINY_HEADS, Layout, resolve_layout
+from deployments.xfuser.families import FAMILIES, SINGLE, Layout, heads_of, resolve_layout
 from serve_app.distributed import DistributedWorker
 from serve_app.models.source import DtypeName, ModelSource, build_or_load, resolve_dtype
 
@@ -57,13 +57,6 @@ class EngineSpec(BaseModel):
     warmup_steps: int = Field(default=1, ge=0, description="PipeFusion's exact (synchronous) steps.")
     attention_backend: str | None = None
     warmup: WarmupSpec = Field(default_factory=lambda: WarmupSpec(enabled=False))
-
-
-SINGLE = Layout(pipefusion_parallel_degree=1, ulysses_degree=1, ring_degree=1, use_cfg_parallel=False)
-
-
-def _heads(spec: EngineSpec) -> int:
-    return TINY_HEADS if spec.model.preset == "tiny" else FAMILIES[spec.family].heads
 
 
 def build_pipeline(spec: EngineSpec, device: str, dtype: Any) -> Any:
@@ -105,9 +98,6 @@ class _StepReporter:
         self.n += n
         self.report(self.n, self.total)
 
-    def __iter__(self) -> Iterator[Any]:
-        return iter(())
-
 
 class XFuserWorker(DistributedWorker):
     """A rank of the xDiT service (see the module docstring)."""
@@ -132,7 +122,7 @@ class XFuserWorker(DistributedWorker):
         spec = EngineSpec.model_validate(raw)
         family = FAMILIES[spec.family]
         self.spec = spec
-        self.layout = (resolve_layout(family, spec.layout, self.world_size, _heads(spec))
+        self.layout = (resolve_layout(family, spec.layout, self.world_size, heads_of(spec.family, spec.model.preset))
                        if spec.backend == "xfuser" else SINGLE)
         device = str(self.device)
         self.dtype = resolve_dtype(spec.dtype, device)
