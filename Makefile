@@ -1,5 +1,6 @@
 # Two set-up targets (see README): `make run` and `make test`. Both create .venv and install
-# into it; torch is installed first and pinned, so pip never swaps in a CUDA build on CPU hosts.
+# into it; torch and torchvision are installed first, as a matched pair (torchvision from PyPI does not
+# import beside any other torch build).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -15,9 +16,8 @@ export RAY_USAGE_STATS_ENABLED ?= 0
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q torch==2.14.1 torchvision==0.29.1
 	$(PIP) install -q -e ".[diffusion,tts,dev]"
-	@$(PY) -c "import importlib.util as u, sys; sys.exit('torchvision is installed: it breaks diffusers on CPU torch; pip uninstall torchvision') if u.find_spec('torchvision') else None"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -32,8 +32,8 @@ test-gpu: $(STAMP)
 	$(PY) -m pytest -q -m gpu tests/gpu
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check serve_app deployments tests bench
-	$(VENV)/bin/mypy serve_app deployments
+	$(VENV)/bin/ruff check serve_app components deployments tests bench
+	$(VENV)/bin/mypy serve_app components deployments
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -13,7 +13,7 @@ import string
 from typing import Any
 
 from serve_app.models.source import ModelSource, build_on, build_or_load
-from serve_app.models.tokenizers import WORDS
+from components.tokenizers import WORDS
 
 BLIP_LARGE_ID = "Salesforce/blip-image-captioning-large"
 

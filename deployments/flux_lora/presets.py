@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from serve_app.models.source import build_on
-from serve_app.models.tokenizers import clip_tokenizer, t5_tokenizer
+from components.tokenizers import clip_tokenizer, t5_tokenizer
 
 TINY: dict[str, dict[str, Any]] = {
     "transformer": {

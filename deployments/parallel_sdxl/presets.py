@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from serve_app.models.source import build_on
-from serve_app.models.tokenizers import clip_tokenizer
+from components.tokenizers import clip_tokenizer
 
 SCHEDULER: dict[str, Any] = {  # SDXL base 1.0's EulerDiscreteScheduler
     "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000,

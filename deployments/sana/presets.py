@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from serve_app.models.source import build_on
-from serve_app.models.tokenizers import gemma_tokenizer
+from components.tokenizers import gemma_tokenizer
 
 TINY_VAE: dict[str, Any] = {
     "in_channels": 3,

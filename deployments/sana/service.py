@@ -116,7 +116,7 @@ class SanaService(Service):
         import torch
 
         from deployments.sana import presets
-        from serve_app.safety import SafetyChecker
+        from components.safety import SafetyChecker
 
         self.config = config
         self.device = resolve_device(config.device)

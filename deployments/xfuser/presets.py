@@ -25,7 +25,7 @@ import string
 from typing import Any
 
 from serve_app.models.source import build_on
-from serve_app.models.tokenizers import WORDS, clip_tokenizer, t5_tokenizer
+from components.tokenizers import WORDS, clip_tokenizer, t5_tokenizer
 
 FAMILIES = ("sd3", "flux", "pixart_alpha", "pixart_sigma", "hunyuandit")
 PRESETS = ("tiny", "full")

@@ -59,7 +59,7 @@ def test_nccl_gather_in_bf16_with_an_empty_rank(two_gpus: None) -> None:
     reference = one_rank[0]
     assert data.captions == reference.captions
     # Not pooled_embeddings: the tiny CLIP tokenizer is trained anew in each process and its BPE
-    # trainer numbers tokens differently from run to run (serve_app.models.tokenizers.clip_tokenizer).
+    # trainer numbers tokens differently from run to run (components.tokenizers.clip_tokenizer).
     for name in ("latents", "text_embeddings"):
         torch.testing.assert_close(getattr(data, name).float(), getattr(reference, name).float(),
                                    rtol=2e-2, atol=2e-2)
