@@ -55,7 +55,7 @@ def dataset(args: argparse.Namespace) -> bytes:
     """A synthetic preprocessed file with enough images for disjoint batches on the largest run."""
     import torch
 
-    from deployments.flux_lora import presets
+    from components import flux as presets
     from deployments.flux_lora.synthetic import synthetic_preprocessed
 
     cfg = (presets.FULL if args.preset == "full" else presets.TINY)["transformer"]

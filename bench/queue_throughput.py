@@ -7,8 +7,13 @@ work) behind the ingress with the queue, and measures over plain HTTP (no TLS):
   3. status:  GET .../status of finished jobs, one at a time -> p50 / p99 latency, idle;
   4. status under load: the same while another client submits at full speed;
   5. the store actor alone (no HTTP, no runner), and GET /health as the HTTP ceiling.
-The load generator runs in this process, on the same cores as the server.
+The load generator runs in this process, on the same cores as the server. Submissions reach the
+store in batches (one actor call carries the submissions of the same moment) and finished jobs'
+statuses come from the ingress's cache; `--proxy` picks Ray 2.60's ingress path: `default` (the
+Python HTTP proxy), `throughput` (RAY_SERVE_THROUGHPUT_OPTIMIZED=1: direct ingress, gRPC between
+replicas, frozen GC) or `haproxy` (RAY_SERVE_ENABLE_HA_PROXY=1: HAProxy in front of direct ingress).
 Usage: python bench/queue_throughput.py [--jobs 3000] [--concurrency 32] [--status 1000]
+                                        [--proxy default|throughput|haproxy]
 """
 
 from __future__ import annotations
@@ -30,6 +35,11 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 ROOT = Path(__file__).resolve().parents[1]
+PROXY_MODES: dict[str, dict[str, str]] = {
+    "default": {},
+    "throughput": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
+    "haproxy": {"RAY_SERVE_ENABLE_HA_PROXY": "1"},
+}
 
 
 def free_port() -> int:
@@ -116,7 +126,7 @@ async def status_under_load(url: str, ids: list[str], n: int, jobs: int, concurr
     return latencies
 
 
-def store_alone(jobs: int, window: int = 64) -> tuple[float, list[float]]:
+def store_alone(jobs: int, window: int = 64) -> tuple[float, float, list[float]]:
     """Submissions/s straight into a JobStore actor from this process (no HTTP, no runner), and the
     latency of its status call: the queue core's own capacity."""
     import ray
@@ -142,13 +152,17 @@ def store_alone(jobs: int, window: int = 64) -> tuple[float, list[float]]:
             in_flight = []
     ray.get(in_flight)
     rate = jobs / (time.perf_counter() - start)
+    start = time.perf_counter()
+    batch = [job(jobs + i) for i in range(jobs)]
+    ray.get([actor.submit_many.remote(batch[i:i + window]) for i in range(0, jobs, window)])
+    batched_rate = jobs / (time.perf_counter() - start)
     latencies = []
     for i in random.sample(range(jobs), min(500, jobs)):
         t = time.perf_counter()
         ray.get(actor.status.remote(f"j{i}"))
         latencies.append(time.perf_counter() - t)
     ray.kill(actor)
-    return rate, latencies
+    return rate, batched_rate, latencies
 
 
 def report(name: str, latencies: list[float]) -> None:
@@ -162,7 +176,9 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=3000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--status", type=int, default=1000)
+    parser.add_argument("--proxy", choices=sorted(PROXY_MODES), default="default")
     args = parser.parse_args()
+    os.environ.update(PROXY_MODES[args.proxy])  # read by Serve's processes, which inherit it
 
     import ray
     from ray import serve
@@ -193,13 +209,15 @@ def main() -> None:
         drained = asyncio.run(wait_drained(url, ids))
         idle = asyncio.run(status_latencies(url, ids, args.status))
         loaded = asyncio.run(status_under_load(url, ids, args.status // 2, args.jobs, args.concurrency))
-        direct_rate, direct_status = store_alone(args.jobs)
-        print(f"cpu cores: {os.cpu_count()}   jobs: {args.jobs}   concurrency: {args.concurrency}")
+        direct_rate, batched_rate, direct_status = store_alone(args.jobs)
+        print(f"cpu cores: {os.cpu_count()}   jobs: {args.jobs}   concurrency: {args.concurrency}   "
+              f"proxy: {args.proxy}")
         print(f"{'GET /health (ceiling)':<28} {ceiling:8.0f} requests/s")
         print(f"{'submit':<28} {args.jobs / elapsed:8.0f} submissions/s ({elapsed:.2f} s)")
         print(f"{'run to COMPLETED':<28} {args.jobs / (elapsed + drained):8.0f} jobs/s "
               f"(all done {drained:.2f} s after the last submit)")
         print(f"{'store actor alone: submit':<28} {direct_rate:8.0f} submissions/s (from this process, no HTTP)")
+        print(f"{'store actor alone: batched':<28} {batched_rate:8.0f} submissions/s (submit_many, 64 a call)")
         report("store actor alone: status", direct_status)
         report("status (idle)", idle)
         report("status (during submits)", loaded)

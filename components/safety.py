@@ -91,6 +91,33 @@ class SafetyChecker:
             logits = self.model(pixel_values=pixels).logits.float()
         return logits.softmax(dim=-1)[:, self.nsfw_index].tolist()
 
+    def nsfw_scores_tensor(self, images: Any) -> list[float]:
+        """The NSFW probability of each image of a `[N, 3, H, W]` [0, 1] tensor, preprocessed where it
+        lies (on the GPU: no copy to the host, no PIL): the processor's resize, rescale and
+        normalisation, as torch ops."""
+        import torch.nn.functional as F
+
+        torch = self._torch
+        size = self.processor.size
+        height, width = (size["height"], size["width"]) if "height" in size else (size["shortest_edge"],) * 2
+        mean = torch.tensor(self.processor.image_mean, device=images.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.processor.image_std, device=images.device).view(1, -1, 1, 1)
+        with torch.inference_mode():
+            pixels = F.interpolate(images.float(), size=(height, width), mode="bilinear", antialias=True,
+                                   align_corners=False)
+            pixels = ((pixels - mean) / std).to(self.device, dtype=self.model.dtype)
+            logits = self.model(pixel_values=pixels).logits.float()
+        return logits.softmax(dim=-1)[:, self.nsfw_index].tolist()
+
+    def apply_tensor(self, images: Any) -> tuple[Any, list[bool]]:
+        """`apply` for a `[N, 3, H, W]` [0, 1] tensor: flagged images become black (zeros)."""
+        flags = [score > self.threshold for score in self.nsfw_scores_tensor(images)]
+        if any(flags):
+            images = images.clone()
+            images[[i for i, f in enumerate(flags) if f]] = 0
+            logger.info("safety checker replaced %d of %d images", sum(flags), len(flags))
+        return images, flags
+
     def apply(self, images: list[PILImage]) -> tuple[list[PILImage], list[bool]]:
         """Return the images with flagged ones replaced by black images, and the flags."""
         from PIL import Image as PILImageModule

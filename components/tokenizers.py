@@ -74,3 +74,22 @@ def clip_tokenizer() -> Any:
     for special in ("<|startoftext|>", "<|endoftext|>"):
         vocab[special] = len(vocab)
     return CLIPTokenizer(vocab=vocab, merges=list(dict.fromkeys(merges)), model_max_length=77)
+
+
+def bert_tokenizer(specials: tuple[str, ...] = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"),
+                   bos_token: str | None = None, continuations: bool = True, model_max_length: int = 77) -> Any:
+    """A BERT WordPiece tokenizer built in memory: the corpus words, then single characters (with
+    their `##` continuations when asked) so any ASCII text tokenizes.
+
+    HunyuanDiT's Chinese CLIP text tower uses the defaults (77 tokens); BLIP's captioner adds a
+    `[DEC]` start token (`bos_token`).
+    """
+    from transformers import BertTokenizer
+
+    vocab = {tok: i for i, tok in enumerate(specials)}
+    chars = string.ascii_lowercase + string.digits + string.punctuation
+    extra = [*WORDS, *chars, *(("##" + c for c in chars) if continuations else ())]
+    for tok in extra:
+        vocab.setdefault(tok, len(vocab))
+    kwargs: dict[str, Any] = {"bos_token": bos_token} if bos_token else {}
+    return BertTokenizer(vocab=vocab, model_max_length=model_max_length, **kwargs)

@@ -59,10 +59,12 @@ class Hunyuan3DInput(BaseModel):
     """Input of `POST /hunyuan3d/v2/mini/turbo` (fal's fields, defaults and bounds)."""
 
     input_image_url: str = Field(description="URL of the image to turn into a 3D model.",
-                                 examples=["https://example.com/robot.png"])
+                                 examples=["https://example.com/robot.png"],
+                                 json_schema_extra={"ui": {"field": "file", "important": True}})
     textured_mesh: bool = Field(default=False,
                                 description="Generate a textured mesh (costs three times a white mesh).")
-    seed: int | None = Field(default=None, description="Same seed and image give the same mesh; omit for random.")
+    seed: int | None = Field(default=None, examples=[42],
+                             description="Same seed and image give the same mesh; omit for random.")
     num_inference_steps: int = Field(default=50, ge=1, le=50, description="Denoising steps.")
     guidance_scale: float = Field(default=7.5, ge=0.0, le=20.0, description="Guidance scale.")
     octree_resolution: int = Field(default=256, ge=1, le=1024, description="Octree resolution of the mesh.")

@@ -97,7 +97,7 @@ def _read(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int, budget: _Budge
     return bytes(out)
 
 
-def extract_images(data: bytes, limits: ArchiveLimits, field: str = "images_data_url") -> list[ArchiveImage]:
+def extract_images(data: bytes, limits: ArchiveLimits, field: str) -> list[ArchiveImage]:
     """The images of a ZIP archive, sorted by path, each with its sidecar caption if present.
 
     Args:

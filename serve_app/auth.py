@@ -9,11 +9,27 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+from dataclasses import dataclass
 
 from fastapi import Request
 from starlette.exceptions import HTTPException
 
 ANONYMOUS = "anonymous"
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who calls: `user_id` (shown in webhooks) and `owner`, a hash of the whole key that the queue
+    records with each job, so only the key that submitted a job can read or cancel it ("" when
+    API keys are off)."""
+
+    user_id: str = ANONYMOUS
+    owner: str = ""
+
+
+def owner_of(key: str) -> str:
+    """The owner hash of a key (never the key itself)."""
+    return hashlib.sha256(b"serve_app-owner:" + key.encode()).hexdigest()[:32]
 
 
 def user_id_for(key: str) -> str:
@@ -40,7 +56,7 @@ class ApiKeyAuth:
     With no keys configured every caller is `anonymous`."""
 
     def __init__(self, keys: list[str]) -> None:
-        self._keys = [(k.encode(), user_id_for(k)) for k in keys]
+        self._keys = [(k.encode(), Identity(user_id_for(k), owner_of(k))) for k in keys]
 
     @property
     def enabled(self) -> bool:
@@ -49,12 +65,32 @@ class ApiKeyAuth:
     def __call__(self, request: Request) -> str:
         if not self._keys:
             return ANONYMOUS
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        return self.authenticate(request.headers.get("authorization", ""))
+
+    def identity(self, request: Request) -> Identity:
+        """FastAPI dependency: the caller's `Identity`; 401 on a missing or unknown key."""
+        if not self._keys:
+            return Identity()
+        return self.identify(request.headers.get("authorization", ""))
+
+    def authenticate(self, authorization: str, query_key: str | None = None) -> str:
+        """The user id for an `Authorization` header value (or, for browsers' WebSockets, which
+        can't send headers, a `fal_key` query parameter); raises a 401 HTTPException."""
+        return self.identify(authorization, query_key).user_id
+
+    def identify(self, authorization: str, query_key: str | None = None) -> Identity:
+        """The `Identity` behind an `Authorization` header value (or a `fal_key` query parameter);
+        raises a 401 HTTPException."""
+        if not self._keys:
+            return Identity()
+        scheme, _, token = authorization.partition(" ")
+        if (scheme.lower() != "key" or not token.strip()) and query_key:
+            scheme, token = "key", query_key
         if scheme.lower() != "key" or not token.strip():
             raise HTTPException(401, "Missing API key: send `Authorization: Key <key>`.",
                                 headers={"WWW-Authenticate": "Key"})
         given = token.strip().encode()
-        for key, user_id in self._keys:
+        for key, identity in self._keys:
             if hmac.compare_digest(given, key):
-                return user_id
+                return identity
         raise HTTPException(401, "Invalid API key.", headers={"WWW-Authenticate": "Key"})

@@ -1,15 +1,18 @@
 """File-like outputs (fal's File / Image / Audio / Video) and the ImageSize input.
 
-A service builds outputs from bytes (`File.from_bytes`, `Image.from_pil`); the bytes travel with
-the object to the ingress, which stores them and fills in `url` (see `storage.materialize`). On the
-wire an output is `{url, content_type, file_name, file_size}`, images add `width` and `height`.
+A service builds outputs from bytes or a file on disk (`File.from_bytes`, `File.from_path`,
+`Image.from_pil`); the replica that made them stores them before they leave it and fills in `url`
+(see `storage.materialize`). On the wire an output is `{url, content_type, file_name, file_size}`,
+images add `width` and `height`.
 """
 
 from __future__ import annotations
 
 import io
 import mimetypes
+import os
 import uuid
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
@@ -43,6 +46,7 @@ class File(BaseModel):
     file_name: str | None = Field(default=None, description="Name of the file.")
     file_size: int | None = Field(default=None, description="Size of the file in bytes.")
     _data: bytes | None = PrivateAttr(default=None)
+    _path: Path | None = PrivateAttr(default=None)
 
     @classmethod
     def from_bytes(cls, data: bytes, content_type: str, file_name: str | None = None, **extra: Any) -> Self:
@@ -53,15 +57,40 @@ class File(BaseModel):
         obj._data = data
         return obj
 
+    @classmethod
+    def from_path(cls, path: str | os.PathLike[str], content_type: str, file_name: str | None = None,
+                  **extra: Any) -> Self:
+        """A file written to disk by the service (a video, a song), not yet stored: the store moves
+        or uploads it without reading it into memory, and deletes `path`."""
+        path = Path(path)
+        obj = cls(url="", content_type=content_type, file_name=file_name or f"{uuid.uuid4().hex}{path.suffix}",
+                  file_size=path.stat().st_size, **extra)
+        obj._path = path
+        return obj
+
     @property
     def data(self) -> bytes | None:
-        """The bytes not yet stored, or None once materialised."""
+        """The bytes not yet stored, or None (stored, or held on disk)."""
         return self._data
 
+    @property
+    def path(self) -> Path | None:
+        """The file on disk not yet stored, or None."""
+        return self._path
+
+    def read_bytes(self) -> bytes:
+        """The content of a file not yet stored (from memory or disk)."""
+        if self._data is not None:
+            return self._data
+        if self._path is not None:
+            return self._path.read_bytes()
+        raise ValueError("the file is already stored; fetch it from its url")
+
     def mark_stored(self, url: str) -> None:
-        """Record where the bytes went and drop them from memory."""
+        """Record where the content went and drop it from memory."""
         self.url = url
         self._data = None
+        self._path = None
 
 
 ImageFormat = Literal["jpeg", "png"]
@@ -75,12 +104,12 @@ class Image(File):
     height: int | None = Field(default=None, description="Height of the image in pixels.")
 
     @classmethod
-    def from_pil(cls, image: PILImage, format: ImageFormat = "jpeg") -> Self:
-        """Encode a PIL image as fal does: JPEG quality 95, PNG compress level 1."""
+    def from_pil(cls, image: PILImage, format: ImageFormat = "jpeg", quality: int = 95) -> Self:
+        """Encode a PIL image as fal does: JPEG quality 95 (previews: 60), PNG compress level 1."""
         pil_format, content_type, ext = _PIL_FORMATS[format]
         buf = io.BytesIO()
         if pil_format == "JPEG":
-            image.convert("RGB").save(buf, format="JPEG", quality=95)
+            image.convert("RGB").save(buf, format="JPEG", quality=quality)
         else:
             image.save(buf, format="PNG", compress_level=1)
         return cls.from_bytes(

@@ -1,101 +1,56 @@
-"""The runtime every service class inherits: endpoint dispatch, threads, progress, cancellation.
+"""The runtime every service class inherits: endpoint dispatch, threads, events, outputs, cancellation.
 
 Endpoint methods are synchronous (they hold the GPU); `call_endpoint` and `stream_endpoint` run
 them in a worker thread so the replica's event loop stays free, turn `ctx.progress(...)` calls into
-stream items, and tie a cancelled caller (client disconnect, queue cancel) to `ctx.cancelled`, which
-diffusers' step callback reads to interrupt the pipeline at the next step.
+typed stream events, store the files of every event and output in the output store from this
+replica (their bytes never travel to the ingress), and tie a cancelled caller (client disconnect,
+queue cancel) to `ctx.cancelled`, which diffusers' step callback reads to stop the pipeline.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import functools
 import inspect
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel
 
-from serve_app.endpoints import collect_endpoints
-from serve_app.errors import RequestCancelled
-from serve_app.io import Image
-from serve_app.streaming import Partial, Progress, StreamEvent
+from serve_app.context import RequestInfo, RunContext
+from serve_app.endpoints import collect_endpoints, collect_realtime
+from serve_app.events import Output, Partial, Progress, StreamEvent, StreamItem
+from serve_app.storage import LocalStorage, OutputStore, StorageConfig, check_local_store_node, make_store, materialize
+
+__all__ = ["RequestInfo", "RunContext", "Service", "runtime_user_config"]
 
 logger = logging.getLogger("ray.serve")
 
 _DONE = object()
+_RUNTIME_KEY = "serve_app"  # the framework's part of a deployment's user_config
 
 
-@dataclass(frozen=True)
-class RequestInfo:
-    """Request facts that cross the handle boundary (a Starlette Request can't be pickled)."""
-
-    request_id: str
-    route: str = ""
-
-
-class RunContext:
-    """What an endpoint method sees of its request: id, progress reporting, cancellation."""
-
-    def __init__(
-        self,
-        request_id: str = "",
-        emit: Callable[[StreamEvent], None] | None = None,
-        cancel_event: threading.Event | None = None,
-    ) -> None:
-        self.request_id = request_id
-        self._emit = emit
-        self._cancel = cancel_event or threading.Event()
-
-    @property
-    def cancelled(self) -> bool:
-        """True once the caller has gone away or cancelled."""
-        return self._cancel.is_set()
-
-    @property
-    def streaming(self) -> bool:
-        """True when someone listens to progress (worth rendering previews for)."""
-        return self._emit is not None
-
-    def check_cancelled(self) -> None:
-        """Raise `RequestCancelled` if the caller is gone."""
-        if self.cancelled:
-            raise RequestCancelled()
-
-    def progress(self, step: int, total: int, message: str = "", preview: Image | None = None) -> None:
-        """Report progress; a no-op when nobody listens."""
-        if self._emit is not None:
-            self._emit(Progress(step, total, message, preview))
-
-    def partial(self, data: BaseModel, kind: str = "partial") -> None:
-        """Send a partial output (stream frame `{"type": kind, **data}`); a no-op when nobody listens."""
-        if self._emit is not None:
-            self._emit(Partial(data, kind))
-
-    def diffusers_callback(self, total: int, message: str = "denoising") -> Callable[..., dict[str, Any]]:
-        """A `callback_on_step_end` that reports each step and interrupts the pipeline on cancel."""
-
-        def on_step_end(pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-            if self.cancelled:
-                pipe._interrupt = True
-            self.progress(step + 1, total, message)
-            return {}
-
-        return on_step_end
+def runtime_user_config(storage: StorageConfig) -> dict[str, Any]:
+    """The `user_config` the builder gives every service deployment: what the replica needs to know
+    about the application (its output store). Serve passes it to `Service.reconfigure`."""
+    return {_RUNTIME_KEY: {"storage": storage.model_dump(mode="json")}}
 
 
 class Service:
     """Base class of a model service: a plain class; Serve wraps it in the builder.
 
-    Subclasses load their models in `__init__`, declare endpoints with `@endpoint`, and may
-    override `check_health`. Set `concurrency_safe = True` when the endpoint methods may run at
-    the same time in one replica; otherwise calls are serialised by a lock.
+    Subclasses load their models in `__init__`, declare endpoints with `@endpoint` (and realtime
+    ones with `@realtime`), and may override `check_health`. Set `concurrency_safe = True` when the
+    endpoint methods may run at the same time in one replica; otherwise calls are serialised by a lock.
+    A subclass that overrides `reconfigure` calls `super().reconfigure(user_config)`.
     """
 
     concurrency_safe: bool = False
+    _serve_store: OutputStore | None = None
 
     @classmethod
     def deployment_defaults(cls, config: BaseModel) -> dict[str, Any]:
@@ -104,6 +59,18 @@ class Service:
         Default: one request at a time per replica (diffusers pipelines are not thread-safe).
         """
         return {"max_ongoing_requests": 1}
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Serve calls this after `__init__` (and on config updates): set up the output store."""
+        runtime = (user_config or {}).get(_RUNTIME_KEY)
+        if runtime is None:
+            return
+        from pydantic import TypeAdapter
+
+        storage = TypeAdapter(StorageConfig).validate_python(runtime["storage"])
+        if isinstance(storage, LocalStorage):
+            check_local_store_node(storage, f"service {type(self).__name__}")
+        self._serve_store = make_store(storage)
 
     @contextlib.contextmanager
     def _run_guard(self, ctx: RunContext) -> Iterator[None]:
@@ -132,11 +99,20 @@ class Service:
             raise ValueError(f"{type(self).__name__} has no endpoint method {method!r}")
         return getattr(self, method)  # type: ignore[no-any-return]
 
+    async def _stored(self, item: StreamItem, info: RequestInfo) -> StreamItem:
+        """Store the files an item carries (previews, partial outputs, outputs) from this replica."""
+        if self._serve_store is not None:
+            content = item.preview if isinstance(item, Progress) else item.data if isinstance(item, Partial) \
+                else item.value
+            if content is not None:
+                await materialize(content, self._serve_store, info.base_url)
+        return item
+
     async def call_endpoint(self, method: str, request: BaseModel | dict[str, Any], info: RequestInfo) -> BaseModel:
         """Run one endpoint to completion off the event loop and return its output model."""
         async for item in self.stream_endpoint(method, request, info, progress=False):
-            if not isinstance(item, (Progress, Partial)):
-                return item
+            if isinstance(item, Output):
+                return item.value
         raise RuntimeError("endpoint produced no output")  # pragma: no cover - stream always ends in one
 
     async def stream_endpoint(
@@ -145,8 +121,12 @@ class Service:
         request: BaseModel | dict[str, Any],
         info: RequestInfo,
         progress: bool = True,
-    ) -> AsyncIterator[StreamEvent | BaseModel]:
-        """Yield progress events and partial outputs as the endpoint runs, then its output model.
+        store: bool = True,
+    ) -> AsyncIterator[StreamItem]:
+        """Yield typed events as the endpoint runs, then `Output(output model)`.
+
+        Files are stored from this replica unless `store` is False (another service that consumes
+        the output itself, e.g. the trainer reading the preprocessor's file, gets the bytes).
 
         Cancelling the consumer (client disconnect) sets the run's cancel flag; a synchronous
         method's worker thread is awaited until it stops, so the next request never races a
@@ -166,7 +146,10 @@ class Service:
 
         ctx = RunContext(info.request_id, emit if progress else None, cancel)
         future: asyncio.Future[Any] = (
-            asyncio.ensure_future(fn(request, ctx)) if is_async else loop.run_in_executor(None, fn, request, ctx)
+            asyncio.ensure_future(fn(request, ctx)) if is_async
+            # The worker thread runs in a copy of this context, so Serve's request id (the client's)
+            # stays on the method's log lines.
+            else loop.run_in_executor(None, functools.partial(contextvars.copy_context().run, fn, request, ctx))
         )
         future.add_done_callback(lambda _: queue.put_nowait(_DONE))
         try:
@@ -174,8 +157,9 @@ class Service:
                 item = await queue.get()
                 if item is _DONE:
                     break
-                yield item
-            yield future.result()
+                yield await self._stored(item, info) if store else item
+            output = Output(future.result())
+            yield await self._stored(output, info) if store else output
         finally:
             if not future.done():
                 cancel.set()
@@ -184,6 +168,15 @@ class Service:
                     future.cancel()
                 # Shielded: the work must stop before this replica takes more.
                 await asyncio.shield(asyncio.gather(future, return_exceptions=True))
+
+    async def realtime_session(self, method: str, session_id: str, info: RequestInfo) -> AsyncIterator[Any]:
+        """The replica's side of one realtime WebSocket (see `serve_app.realtime`)."""
+        from serve_app.realtime import serve_session
+
+        if not any(spec.method == method for spec in collect_realtime(type(self))):
+            raise ValueError(f"{type(self).__name__} has no realtime method {method!r}")
+        async for item in serve_session(getattr(self, method), session_id, info):
+            yield item
 
     def check_health(self) -> None:
         """Raise to make Serve replace this replica. Subclasses add real checks."""

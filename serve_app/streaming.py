@@ -1,4 +1,4 @@
-"""Typed progress events and their Server-Sent Events framing.
+"""Server-Sent Events framing of a stream (the events themselves are in `events.py`).
 
 A stream is a sequence of `data: <json>` frames: progress events (`{"type": "progress", ...}`), and
 finally the endpoint's output JSON, exactly what the sync call returns. SSE comment lines
@@ -10,54 +10,10 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
-
-from pydantic import BaseModel
-
-from serve_app.io import Image
 
 HEARTBEAT = ": ping\n\n"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
-
-
-@dataclass
-class Progress:
-    """`step` of `total` units of work done (denoising steps, chunks, ...)."""
-
-    step: int
-    total: int
-    message: str = ""
-    preview: Image | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "type": "progress",
-            "step": self.step,
-            "total": self.total,
-            "progress": round(self.step / self.total, 4) if self.total else 0.0,
-            "message": self.message,
-        }
-        if self.preview is not None:
-            body["preview"] = self.preview.model_dump(mode="json")
-        return body
-
-
-@dataclass
-class Partial:
-    """A partial output sent while the work runs (an audio chunk, an upstream queue update).
-
-    Its SSE frame is `{"type": kind, **data}`; files inside `data` are stored like outputs.
-    """
-
-    data: BaseModel
-    kind: str = "partial"
-
-    def to_json(self) -> dict[str, Any]:
-        return {"type": self.kind, **self.data.model_dump(mode="json")}
-
-
-StreamEvent = Progress | Partial
 
 
 def sse_frame(data: Any) -> str:

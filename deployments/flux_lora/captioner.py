@@ -9,11 +9,10 @@ with random words, which is all tests need.
 
 from __future__ import annotations
 
-import string
 from typing import Any
 
+from components.tokenizers import bert_tokenizer
 from serve_app.models.source import ModelSource, build_on, build_or_load
-from components.tokenizers import WORDS
 
 BLIP_LARGE_ID = "Salesforce/blip-image-captioning-large"
 
@@ -33,15 +32,10 @@ _FULL: dict[str, Any] = {  # Salesforce/blip-image-captioning-large
 }
 
 
-def bert_tokenizer() -> Any:
+def blip_tokenizer() -> Any:
     """A BLIP-style (BERT WordPiece) tokenizer built in memory, with BLIP's `[DEC]` start token."""
-    from transformers import BertTokenizer
-
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]"]
-    vocab = {tok: i for i, tok in enumerate(specials)}
-    for word in [*WORDS, *string.ascii_lowercase, *string.digits, *string.punctuation]:
-        vocab.setdefault(word, len(vocab))
-    return BertTokenizer(vocab=vocab, bos_token="[DEC]", model_max_length=64)
+    return bert_tokenizer(("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]"), bos_token="[DEC]",
+                          continuations=False, model_max_length=64)
 
 
 def build_captioner(preset: str, device: str, dtype: Any) -> tuple[Any, Any]:
@@ -52,7 +46,7 @@ def build_captioner(preset: str, device: str, dtype: Any) -> tuple[Any, Any]:
     if preset not in ("tiny", "full"):
         raise ValueError(f"unknown preset {preset!r}")
     cfg = _TINY if preset == "tiny" else _FULL
-    tokenizer = bert_tokenizer()
+    tokenizer = blip_tokenizer()
     text = {**cfg["text"], "vocab_size": max(cfg["text"].get("vocab_size", 0), len(tokenizer)),
             "pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id,
             "sep_token_id": tokenizer.sep_token_id, "eos_token_id": tokenizer.sep_token_id}

@@ -16,25 +16,28 @@ each takes its contiguous slice, so sending per-rank slices would save nothing.
 from __future__ import annotations
 
 import asyncio
-import io
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from components.flux import FLUX_DEV_ID
 from deployments.flux_lora.captioner import BLIP_LARGE_ID
 from serve_app.archive import ArchiveImage, ArchiveLimits, extract_images
 from serve_app.distributed import RankResources
 from serve_app.distributed.runner import run_blocking
 from serve_app.distributed.service import DistributedService
 from serve_app.endpoints import endpoint
-from serve_app.errors import FieldError, RequestCancelled
+from serve_app.errors import FieldError
 from serve_app.inputs import FetchOptions, fetch_url
 from serve_app.io import File
+from serve_app.limits import open_image
 from serve_app.models.source import DtypeName, ModelSource
 from serve_app.service import RunContext
 
-FLUX_DEV_ID = "black-forest-labs/FLUX.1-dev"
 FIELD = "images_data_url"
+
+
+MAX_IMAGE_PIXELS = 50_000_000  # a 48 MP phone photo passes; a 3 KB PNG declaring 50000x50000 does not
 
 
 class FluxPreprocessConfig(BaseModel):
@@ -59,6 +62,8 @@ class FluxPreprocessConfig(BaseModel):
                       "dataset always encodes the same way, whatever the world size.")
     limits: ArchiveLimits = Field(default_factory=ArchiveLimits, description="What one ZIP archive may hold.")
     max_download_bytes: int = Field(default=512 * 1024 * 1024, ge=1, description="Largest ZIP accepted.")
+    max_image_pixels: int = Field(default=MAX_IMAGE_PIXELS, ge=1, description="Most pixels of one image, read "
+                                  "from its header before decoding (a small PNG can declare a huge size).")
     download_timeout_s: float = Field(default=300, gt=0, description="Limit for downloading the ZIP.")
     start_timeout_s: float = Field(default=1800, gt=0, description="Limit for loading the models on every rank.")
     call_timeout_s: float | None = Field(default=3600, gt=0, description="Limit for encoding one request (null: none).")
@@ -71,7 +76,7 @@ class PreprocessInput(BaseModel):
     images_data_url: str = Field(
         description="URL of a ZIP archive of images (.jpg .jpeg .png .bmp .webp; folders are walked). An image "
         "`x.jpg` takes its caption from `x.txt` beside it when present. http(s), data: or a `POST /files` URL.",
-        examples=["https://example.com/my-dataset.zip"])
+        examples=["https://example.com/my-dataset.zip"], json_schema_extra={"ui": {"field": "file", "important": True}})
     trigger_word: str = Field(default="ohwx", max_length=100, description="Word prepended to every caption.")
     resolution: int = Field(default=512, ge=256, le=1024, multiple_of=16,
                             description="Side of the square training images (centre-cropped, then resized).")
@@ -86,13 +91,14 @@ class PreprocessOutput(BaseModel):
     message: str = Field(description="A summary.")
 
 
-def square_pixels(data: bytes, resolution: int) -> Any:
+def square_pixels(data: bytes, resolution: int, max_pixels: int = MAX_IMAGE_PIXELS) -> Any:
     """Decode an image, apply its EXIF orientation, flatten transparency onto white, centre-crop it to a
-    square and resize it to `resolution` (LANCZOS): `[res, res, 3]` uint8."""
+    square and resize it to `resolution` (LANCZOS): `[res, res, 3]` uint8. An image whose header
+    declares more than `max_pixels` is refused before any pixel is decoded."""
     import numpy as np
     from PIL import Image, ImageOps
 
-    with Image.open(io.BytesIO(data)) as opened:
+    with open_image(data, max_pixels, FIELD) as opened:
         opened.draft("RGB", (resolution, resolution))  # JPEG: decode big photos at a reduced scale
         image = ImageOps.exif_transpose(opened)
         if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
@@ -102,14 +108,15 @@ def square_pixels(data: bytes, resolution: int) -> Any:
     return np.asarray(image, dtype=np.uint8)
 
 
-def prepare_images(images: list[ArchiveImage], resolution: int) -> tuple[Any, list[str | None]]:
+def prepare_images(images: list[ArchiveImage], resolution: int,
+                   max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[Any, list[str | None]]:
     """`([N, res, res, 3] uint8, sidecar captions)`; an unreadable image is a 422 naming it."""
     import numpy as np
 
     pixels = np.empty((len(images), resolution, resolution, 3), dtype=np.uint8)
     for i, image in enumerate(images):
         try:
-            pixels[i] = square_pixels(image.data, resolution)
+            pixels[i] = square_pixels(image.data, resolution, max_pixels)
         except Exception as e:  # PIL raises many types (UnidentifiedImageError, DecompressionBombError, OSError)
             raise FieldError(FIELD, f"{image.name} is not a readable image: {e}") from e
     return pixels, [image.caption for image in images]
@@ -143,7 +150,8 @@ class FluxPreprocessService(DistributedService):
         archive = await fetch_url(request.images_data_url, FIELD, options)
 
         def unpack() -> tuple[Any, list[str | None]]:
-            return prepare_images(extract_images(archive, self.config.limits, FIELD), request.resolution)
+            return prepare_images(extract_images(archive, self.config.limits, FIELD), request.resolution,
+                                  self.config.max_image_pixels)
 
         return await asyncio.to_thread(unpack)
 
@@ -152,18 +160,7 @@ class FluxPreprocessService(DistributedService):
         """Caption and encode a ZIP of images into a Flux LoRA training file."""
         pixels, captions = await self._load(request)
         payload = self._payload(pixels, captions, request.trigger_word, request.resolution)
-        timeout = self.config.call_timeout_s
-        if ctx.streaming:
-            result: dict[str, Any] = {}
-            async for item in self.runner.stream(payload, timeout=timeout):
-                if "data" in item or "cancelled" in item:
-                    result = item
-                else:
-                    ctx.progress(item["step"], item["total"], "encoding")
-        else:
-            result = await self.runner.invoke(payload, timeout=timeout)
-        if result.get("cancelled"):
-            raise RequestCancelled()
+        result = await self.run_on_ranks(payload, ctx, self.config.call_timeout_s)
         n = len(captions)
         return PreprocessOutput(
             preprocessed_data=File.from_bytes(result["data"], "application/octet-stream", "preprocessed.safetensors"),

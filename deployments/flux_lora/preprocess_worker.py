@@ -60,14 +60,14 @@ class FluxPreprocessWorker(DistributedWorker):
               dtype: str = "auto", caption_max_new_tokens: int = 40, caption_num_beams: int = 3, **_: Any) -> None:
         import torch
 
-        from deployments.flux_lora import presets
+        from components import flux
         from deployments.flux_lora.captioner import Captioner
 
         device = str(self.device)
         dt = self.dtype = resolve_dtype(dtype, device)  # type: ignore[arg-type]
 
         def build(preset: str) -> dict[str, Any]:
-            return {"vae": presets.build_vae(preset, device, dt), **presets.build_text_encoders(preset, device, dt)}
+            return {"vae": flux.build_vae(preset, device, dt), **flux.build_text_encoders(preset, device, dt)}
 
         parts = build_or_load(ModelSource.model_validate(model),
                               load=lambda mid, kw: load_flux_encoders(mid, kw, device, dt),
@@ -106,11 +106,11 @@ class FluxPreprocessWorker(DistributedWorker):
     # --- the request ----------------------------------------------------------------------------
     def __call__(self, streaming: bool = False, images: Any = None, captions: list[str | None] | None = None,
                  trigger_word: str = "", resolution: int = 512, batch_size: int = 4, seed: int = 0,
-                 **_: Any) -> dict[str, Any]:
+                 **_: Any) -> dict[str, Any] | None:
         """Encode this rank's slice of `images` ([N, res, res, 3] uint8) and gather on rank 0.
 
-        Returns, on rank 0: `{"data": safetensors bytes, "captions": [...]}`, or
-        `{"cancelled": True}`; other ranks return `{}`.
+        Returns, on rank 0: `{"data": safetensors bytes, "captions": [...]}`; other ranks return
+        None. A cancelled request raises `RequestCancelled` on every rank at the same batch.
         """
         import numpy as np
         from PIL import Image
@@ -128,7 +128,7 @@ class FluxPreprocessWorker(DistributedWorker):
         rows: list[list[Any]] = [[], [], []]
         prompts: list[str] = []
         with torch.inference_mode():
-            for step in range(steps):  # the same count on every rank: the cancel all-reduce matches
+            for step in range(steps):  # the same count on every rank: the cancel agreement matches
                 lo, hi = start + step * batch_size, min(start + (step + 1) * batch_size, stop)
                 if lo < hi:
                     pixels = np.array(images[lo:hi], dtype=np.uint8)  # a writable copy of the shared slice
@@ -143,13 +143,12 @@ class FluxPreprocessWorker(DistributedWorker):
                     for out, part in zip(rows, (self._latents(pixels, lo, seed), t5, pooled), strict=True):
                         out.append(part)
                     prompts += batch_prompts
-                if self.cancelled_everywhere():
-                    return {"cancelled": True} if self.rank == 0 else {}
+                self.raise_if_cancelled()
                 if streaming:
-                    self.add_streaming_result({"step": step + 1, "total": steps})
+                    self.progress(step + 1, steps, "encoding")
             gathered = self._gather(rows, prompts, per_rank, resolution, n)
         if gathered is None:
-            return {}
+            return None
         latents, t5, pooled, all_prompts = gathered
         data = encode_preprocessed(latents, t5, pooled, all_prompts, trigger_word, resolution)
         return {"data": data, "captions": all_prompts}

@@ -19,24 +19,24 @@ import asyncio
 import logging
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, ValidationInfo
+from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, ValidationInfo, computed_field
 from ray import serve
 
+from components.flux import FLUX_DEV_ID
 from deployments.flux_lora.lora import CHECKPOINT_NAME
 from deployments.flux_lora.training import LRScheduler
 from serve_app.distributed import RankResources
 from serve_app.distributed.service import DistributedService
 from serve_app.endpoints import endpoint
-from serve_app.errors import FieldError, RequestCancelled, RequestTimeout, ServiceUnavailable, UpstreamError
+from serve_app.errors import FieldError, RequestTimeout, ServiceUnavailable, UpstreamError
+from serve_app.events import Output
 from serve_app.inputs import FetchOptions, fetch_url
 from serve_app.io import File
 from serve_app.models.source import DtypeName, ModelSource
 from serve_app.service import RequestInfo, RunContext
-from serve_app.streaming import Partial, Progress
 
 logger = logging.getLogger("ray.serve")
 
-FLUX_DEV_ID = "black-forest-labs/FLUX.1-dev"
 
 
 class FluxTrainConfig(BaseModel):
@@ -98,7 +98,8 @@ class FluxTrainInput(BaseModel):
 
     images_data_url: str = Field(description="URL (http(s) or data:) of a ZIP of the training images; a sidecar "
                                  "`<image>.txt` is used as that image's caption.",
-                                 examples=["https://example.com/my-subject.zip"])
+                                 examples=["https://example.com/my-subject.zip"],
+                                 json_schema_extra={"ui": {"field": "file", "important": True}})
     trigger_word: str = Field(default="ohwx", description="Word put in front of every caption.")
     steps: int = Field(default=250, ge=100, le=10000, description=STEPS_HELP)
     learning_rate: LearningRate = 5e-4
@@ -116,7 +117,8 @@ class FluxTrainFromPreprocessedInput(BaseModel):
     """Input of `POST /flux-train-from-preprocessed`: a file made by `/flux-preprocess`."""
 
     training_data_url: str = Field(description="URL (http(s) or data:) of the preprocessed safetensors file.",
-                                   examples=["https://example.com/preprocessed.safetensors"])
+                                   examples=["https://example.com/preprocessed.safetensors"],
+                                   json_schema_extra={"ui": {"field": "file", "important": True}})
     steps: int = Field(default=250, ge=100, le=10000, description=STEPS_HELP + " fal's `max_train_steps` also works.",
                        validation_alias=AliasChoices("steps", "max_train_steps"))
     learning_rate: LearningRate = 5e-4
@@ -141,15 +143,10 @@ class TrainingOutput(BaseModel):
     num_steps: int = Field(description="Optimizer steps done.")
     message: str = Field(description="A summary of the job.")
 
-
-class TrainingStatus(BaseModel):
-    """A stream frame (`type: training`), sent at least every 10 steps."""
-
-    step: int = Field(description="Steps done.")
-    loss: float = Field(description="This step's loss (mean over the GPUs).")
-    avg_loss: float = Field(description="Mean loss so far.")
-    learning_rate: float = Field(description="Learning rate of lora_A in this step.")
-    progress: str = Field(description="`step/steps`, e.g. `12/250`.")
+    @computed_field(description="Ready to send as `/flux-lora`'s `loras`: the checkpoint at scale 1.")  # type: ignore[prop-decorator]
+    @property
+    def loras(self) -> list[dict[str, Any]]:
+        return [{"path": self.checkpoint.url, "scale": 1.0}]
 
 
 class PreprocessingStatus(BaseModel):
@@ -209,17 +206,17 @@ class FluxTrainService(DistributedService):
         payload = {"images_data_url": request.images_data_url, "trigger_word": request.trigger_word,
                    "resolution": request.resolution}
         info = RequestInfo(ctx.request_id, f"/{self.config.preprocessor_service}")
-        gen = handle.options(stream=True).stream_endpoint.remote("preprocess", payload, info, ctx.streaming)
+        # store=False: the preprocessed file comes back as bytes, for us, not as a client download.
+        gen = handle.options(stream=True).stream_endpoint.remote("preprocess", payload, info, ctx.streaming,
+                                                                 store=False)
         output: Any = None
         try:
             async with asyncio.timeout(self.config.preprocess_timeout_s):
                 async for item in gen:
-                    if isinstance(item, Progress):
-                        ctx.progress(item.step, item.total, item.message or "preprocessing")
-                    elif isinstance(item, Partial):
-                        ctx.partial(item.data, item.kind)
+                    if isinstance(item, Output):
+                        output = item.value
                     else:
-                        output = item
+                        ctx.emit(item)
         except TimeoutError as e:
             raise RequestTimeout(f"Preprocessing took longer than {self.config.preprocess_timeout_s:g} s.") from e
         finally:
@@ -242,18 +239,7 @@ class FluxTrainService(DistributedService):
         """Train on every rank; forward rank 0's status events to the stream."""
         payload = {"training_data": data, "data_field": field, "stream_every": self.config.stream_every,
                    **{k: getattr(request, k) for k in HYPERPARAMETERS}}
-        timeout = self.config.call_timeout_s
-        result: dict[str, Any] = {}
-        if ctx.streaming:
-            async for item in self.runner.stream(payload, timeout=timeout):
-                if "progress" in item:
-                    ctx.partial(TrainingStatus.model_validate(item), kind="training")
-                else:
-                    result = item
-        else:
-            result = await self.runner.invoke(payload, timeout=timeout)
-        if result.get("cancelled") or "checkpoint" not in result:
-            raise RequestCancelled()
+        result = await self.run_on_ranks(payload, ctx, self.config.call_timeout_s)
         gpus = f"{self.config.world_size} GPU{'s' if self.config.world_size > 1 else ''}"
         return TrainingOutput(
             checkpoint=File.from_bytes(result["checkpoint"], "application/octet-stream", CHECKPOINT_NAME),

@@ -4,7 +4,7 @@ Each rank loads the Flux transformer once, adds the frozen-base LoRA adapter (`l
 the model in DistributedDataParallel (NCCL on GPUs, gloo on CPU), with every frozen weight left out
 of DDP so only the adapter is broadcast and all-reduced. A request re-initialises the adapter from
 its seed, decodes the preprocessed dataset (safetensors bytes, `data.py`), trains (`training.py`)
-and checks for cancellation before every step on every rank (`cancelled_everywhere`, one
+and checks for cancellation before every step on every rank (`cancel_agreed`, one
 all-reduce), so all ranks stop at the same step. Rank 0 streams a status at least every
 `stream_every` steps and returns the checkpoint bytes.
 """
@@ -15,9 +15,9 @@ from typing import Any
 
 from deployments.flux_lora.lora import add_lora, lora_digest, reset_lora, save_checkpoint, trainable_parameters
 from deployments.flux_lora.synthetic import synthetic_tensors
-from deployments.flux_lora.training import TrainingParams, TrainingSet, train_loop
+from deployments.flux_lora.training import TrainingParams, TrainingSet, TrainingStatus, train_loop
 from serve_app.distributed import DistributedWorker
-from serve_app.errors import FieldError
+from serve_app.errors import FieldError, RequestCancelled
 from serve_app.models.source import ModelSource, build_or_load, resolve_dtype
 
 
@@ -32,7 +32,7 @@ class FluxLoRATrainWorker(DistributedWorker):
         import torch
         from diffusers import FluxTransformer2DModel
 
-        from deployments.flux_lora import presets
+        from components import flux
 
         device = str(self.device)
         if device.startswith("cuda"):
@@ -48,8 +48,8 @@ class FluxLoRATrainWorker(DistributedWorker):
             return FluxTransformer2DModel.from_pretrained(model_id, torch_dtype=dt, **extra, **kwargs).to(device)
 
         self.transformer = build_or_load(source, load=load, presets={
-            "tiny": lambda: presets.build_transformer("tiny", device, dt),
-            "full": lambda: presets.build_transformer("full", device, dt)})
+            "tiny": lambda: flux.build_transformer("tiny", device, dt),
+            "full": lambda: flux.build_transformer("full", device, dt)})
         add_lora(self.transformer, lora_rank, lora_alpha)
         if gradient_checkpointing:
             self.transformer.enable_gradient_checkpointing()
@@ -117,23 +117,21 @@ class FluxLoRATrainWorker(DistributedWorker):
 
         def on_step(report: Any) -> None:
             if streaming and (report.step == 1 or report.step % stream_every == 0 or report.step == report.total):
-                self.add_streaming_result({
-                    "step": report.step, "loss": report.loss, "avg_loss": report.avg_loss,
-                    "learning_rate": report.learning_rate, "progress": f"{report.step}/{report.total}"})
+                self.partial(TrainingStatus.of(report), kind="training")
 
         return train_loop(self.model, self.transformer, data, params, rank=self.rank, world_size=self.world_size,
-                          dtype=self.dtype, should_stop=self.cancelled_everywhere, on_step=on_step)
+                          dtype=self.dtype, should_stop=self.cancel_agreed, on_step=on_step)
 
     def __call__(self, streaming: bool = False, training_data: bytes = b"",  # type: ignore[override]
                  data_field: str | None = "training_data_url", stream_every: int = 10, debug: bool = False,
-                 **hyperparameters: Any) -> dict[str, Any]:
+                 **hyperparameters: Any) -> dict[str, Any] | None:
         """Train one adapter.
 
         Payload: the preprocessed file's bytes; `data_field`, the input field that named it (None
         for our own preprocessor's output); `TrainingParams` fields; `stream_every`; `debug` (every
         rank's adapter digest, first batch, peak memory and step times, for tests and benchmarks).
-        Rank 0 returns `checkpoint` (bytes), `final_loss`, `num_steps`, `num_images` and
-        `cancelled`; the other ranks return `{}`.
+        Rank 0 returns `checkpoint` (bytes), `final_loss`, `num_steps` and `num_images`; the other
+        ranks return None. A cancelled job raises `RequestCancelled` on every rank at the same step.
         """
         torch = self._torch
         if self.device.type == "cuda":
@@ -141,14 +139,15 @@ class FluxLoRATrainWorker(DistributedWorker):
         data = self._dataset(training_data, data_field)
         params = TrainingParams(**hyperparameters)
         result = self._train(data, params, streaming, stream_every)
-        out: dict[str, Any] = {"cancelled": result.cancelled, "num_steps": result.num_steps,
-                               "final_loss": result.final_loss, "num_images": data.num_samples}
+        if result.cancelled:
+            raise RequestCancelled()
+        out: dict[str, Any] = {"num_steps": result.num_steps, "final_loss": result.final_loss,
+                               "num_images": data.num_samples}
         if debug:
             out["debug"] = self._gather_debug(result)
         if self.rank != 0:
-            return {}
-        if not result.cancelled:
-            out["checkpoint"] = save_checkpoint(self.transformer, dtype=self.dtype)
+            return None
+        out["checkpoint"] = save_checkpoint(self.transformer, dtype=self.dtype)
         return out
 
     def _gather_debug(self, result: Any) -> list[dict[str, Any]]:

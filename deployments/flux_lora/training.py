@@ -24,6 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
+from pydantic import BaseModel, Field
+
 from deployments.flux_lora.lora import param_groups
 
 LRScheduler = Literal["constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"]
@@ -69,6 +71,21 @@ class StepReport:
     loss: float
     avg_loss: float
     learning_rate: float
+
+
+class TrainingStatus(BaseModel):
+    """A stream frame (`type: training`), sent at least every 10 steps."""
+
+    step: int = Field(description="Steps done.")
+    loss: float = Field(description="This step's loss (mean over the GPUs).")
+    avg_loss: float = Field(description="Mean loss so far.")
+    learning_rate: float = Field(description="Learning rate of lora_A in this step.")
+    progress: str = Field(description="`step/steps`, e.g. `12/250`.")
+
+    @classmethod
+    def of(cls, report: StepReport) -> TrainingStatus:
+        return cls(step=report.step, loss=report.loss, avg_loss=report.avg_loss,
+                   learning_rate=report.learning_rate, progress=f"{report.step}/{report.total}")
 
 
 @dataclass

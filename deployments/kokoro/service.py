@@ -69,7 +69,7 @@ class AmEnglishRequest(BaseModel):
 
     prompt: str = Field(default="", description="The text to speak (fewer than 20,000 characters).",
                         examples=["The future belongs to those who believe in the beauty of their dreams."],
-                        json_schema_extra={"ui": {"important": True}})
+                        json_schema_extra={"ui": {"field": "textarea", "important": True}})
     text: str = Field(default="", description="Alias of `prompt`, used when `prompt` is empty.")
     voice: AmericanVoice = Field(default="af_heart", description="Voice for the generated speech.")
     speed: float = Field(default=1.0, ge=0.1, le=5.0, description="Speed of the generated audio.")
@@ -79,7 +79,8 @@ class BrEnglishRequest(BaseModel):
     """Input of `/kokoro/british-english`."""
 
     prompt: str = Field(description="The text to speak (fewer than 20,000 characters).",
-                        examples=["Ladies and gentlemen, welcome aboard."])
+                        examples=["Ladies and gentlemen, welcome aboard."],
+                        json_schema_extra={"ui": {"field": "textarea", "important": True}})
     voice: BritishVoice = Field(description="Voice for the generated speech.")
     speed: float = Field(default=1.0, ge=0.1, le=5.0, description="Speed of the generated audio.")
 
@@ -88,7 +89,8 @@ class JapaneseRequest(BaseModel):
     """Input of `/kokoro/japanese`."""
 
     prompt: str = Field(description="The text to speak (fewer than 20,000 characters).",
-                        examples=["夢を追いかけることを恐れないでください。"])
+                        examples=["夢を追いかけることを恐れないでください。"],
+                        json_schema_extra={"ui": {"field": "textarea", "important": True}})
     voice: JapaneseVoice = Field(description="Voice for the generated speech.")
     speed: float = Field(default=1.0, ge=0.1, le=5.0, description="Speed of the generated audio.")
 

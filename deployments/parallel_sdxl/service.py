@@ -12,17 +12,16 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from components.sdxl import SDXL_BASE_ID as SDXL_ID
+from components.sdxl import TAESDXL_ID
 from serve_app.distributed import RankResources
 from serve_app.distributed.runner import run_blocking
 from serve_app.distributed.service import DistributedService
 from serve_app.endpoints import endpoint
-from serve_app.errors import RequestCancelled
 from serve_app.io import Image, ImageFormat
+from serve_app.limits import MAX_PROMPT_CHARS
 from serve_app.models.source import DtypeName, ModelSource
 from serve_app.service import RunContext
-
-SDXL_ID = "stabilityai/stable-diffusion-xl-base-1.0"
-TAESDXL_ID = "madebyollin/taesdxl"
 
 
 class ParallelSDXLConfig(BaseModel):
@@ -45,14 +44,17 @@ class ParallelSDXLConfig(BaseModel):
 class ParallelSDXLInput(BaseModel):
     """Input of `POST /parallel-sdxl`."""
 
-    prompt: str = Field(description="The prompt; every GPU renders it with its own seed.",
-                        examples=["an astronaut riding a horse on the moon"])
-    negative_prompt: str = Field(default="blurry, low quality", description="What the images should not contain.")
+    prompt: str = Field(description="The prompt; every GPU renders it with its own seed.", max_length=MAX_PROMPT_CHARS,
+                        examples=["an astronaut riding a horse on the moon"],
+                        json_schema_extra={"ui": {"field": "textarea", "important": True}})
+    negative_prompt: str = Field(default="blurry, low quality", max_length=MAX_PROMPT_CHARS,
+                                 description="What the images should not contain.",
+                                 json_schema_extra={"ui": {"field": "textarea"}})
     num_inference_steps: int = Field(default=20, ge=1, le=100, description="Denoising steps.")
     width: int = Field(default=1024, ge=64, le=2048, multiple_of=8, description="Width of each image.")
     height: int = Field(default=1024, ge=64, le=2048, multiple_of=8, description="Height of each image.")
     guidance_scale: float = Field(default=5.0, ge=0, le=20, description="Classifier-free guidance scale.")
-    seed: int | None = Field(default=None, ge=0, le=2**63 - 1,
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1, examples=[42],
                              description="Rank r uses seed + r, so a request is reproducible; omit for random.")
     output_format: ImageFormat = Field(default="jpeg", description="Format of the grid image.")
 
@@ -90,18 +92,7 @@ class ParallelSDXLService(DistributedService):
         """Generate one image per GPU and return them as a grid."""
         seed = request.seed if request.seed is not None else secrets.randbelow(2**32)
         payload = self._payload(request, seed)
-        timeout = self.config.call_timeout_s
-        if ctx.streaming:
-            result: dict[str, Any] = {}
-            async for item in self.runner.stream(payload, timeout=timeout):
-                if "step" in item:
-                    ctx.progress(item["step"], item["total"], "denoising", preview=Image.from_pil(item["image"]))
-                else:
-                    result = item
-        else:
-            result = await self.runner.invoke(payload, timeout=timeout)
-        if result.get("cancelled"):
-            raise RequestCancelled()
+        result = await self.run_on_ranks(payload, ctx, self.config.call_timeout_s)
         return ParallelSDXLOutput(image=Image.from_pil(result["image"], request.output_format), seed=seed,
                                   num_images=self.config.world_size)
 

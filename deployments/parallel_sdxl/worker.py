@@ -41,7 +41,7 @@ class SDXLWorker(DistributedWorker):
         import torch
         from diffusers import AutoencoderTiny, StableDiffusionXLPipeline
 
-        from deployments.parallel_sdxl import presets
+        from components import sdxl, vaes
 
         device = str(self.device)
         self.dtype = resolve_dtype(dtype, device)  # type: ignore[arg-type]
@@ -55,11 +55,11 @@ class SDXLWorker(DistributedWorker):
             return AutoencoderTiny.from_pretrained(model_id, torch_dtype=dt, **kwargs).to(device)
 
         self.pipe = build_or_load(source, load=load_pipe, presets={
-            "tiny": lambda: presets.build_pipeline("tiny", device, dt),
-            "full": lambda: presets.build_pipeline("full", device, dt)})
+            "tiny": lambda: sdxl.build_pipeline("tiny", device, dt),
+            "full": lambda: sdxl.build_pipeline("full", device, dt)})
         self.taesd = build_or_load(preview, load=load_taesd, presets={
-            "tiny": lambda: presets.build_tiny_autoencoder("tiny", device, dt),
-            "full": lambda: presets.build_tiny_autoencoder("full", device, dt)})
+            "tiny": lambda: vaes.tiny_autoencoder("tiny", device, dt),
+            "full": lambda: vaes.tiny_autoencoder("full", device, dt)})
         self.pipe.set_progress_bar_config(disable=self.rank != 0)
         self._torch = torch
 
@@ -81,25 +81,20 @@ class SDXLWorker(DistributedWorker):
 
     def __call__(self, streaming: bool = False, prompt: str = "", negative_prompt: str = "",
                  num_inference_steps: int = 20, width: int = 1024, height: int = 1024, seed: int = 0,
-                 guidance_scale: float = 5.0, preview_every: int = 5, **_: Any) -> dict[str, Any]:
+                 guidance_scale: float = 5.0, preview_every: int = 5, **_: Any) -> dict[str, Any] | None:
         torch = self._torch
-        cancelled = False
 
         def on_step_end(pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-            nonlocal cancelled
-            # Every rank runs the same steps and agrees on cancellation at the same step, so the
-            # preview gathers and the final gather always match up across ranks.
-            if self.cancelled_everywhere():
-                cancelled = True
-                pipe._interrupt = True
-                return {}
+            # Every rank runs the same steps and agrees on cancellation at the same step (without a
+            # host sync), so the preview gathers and the final gather always match up across ranks.
+            self.raise_if_cancelled()
             if streaming and step % preview_every == 0:
                 with torch.inference_mode():
                     latents = kwargs["latents"].to(self.taesd.dtype)
                     preview = self.taesd.decode(latents / self.taesd.config.scaling_factor).sample
                 tiles = self._gather_images(to_uint8((preview / 2 + 0.5).float()).to(latents.device))
                 if tiles is not None:
-                    self.add_streaming_result({"image": grid(tiles), "step": step + 1, "total": num_inference_steps})
+                    self.progress(step + 1, num_inference_steps, "denoising", preview=grid(tiles))
             return {}
 
         with torch.inference_mode():
@@ -109,7 +104,5 @@ class SDXLWorker(DistributedWorker):
                 generator=torch.Generator(device=self.device).manual_seed(seed + self.rank),
                 callback_on_step_end=on_step_end,
             ).images
-        if cancelled:
-            return {"cancelled": True}
         tiles = self._gather_images(to_uint8(images.float()))
-        return {"image": grid(tiles), "seeds": [seed + r for r in range(self.world_size)]} if tiles else {}
+        return {"image": grid(tiles), "seeds": [seed + r for r in range(self.world_size)]} if tiles else None

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from serve_app.models.source import build_on
 from components.tokenizers import gemma_tokenizer
+from serve_app.models.source import build_on
 
 TINY_VAE: dict[str, Any] = {
     "in_channels": 3,

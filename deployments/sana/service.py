@@ -13,8 +13,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from serve_app.endpoints import endpoint
-from serve_app.errors import FieldError, RequestCancelled
+from serve_app.errors import FieldError
 from serve_app.io import Image, ImageFormat, ImageSize, ImageSizeDims, resolve_image_size
+from serve_app.limits import MAX_PROMPT_CHARS, check_pixels
 from serve_app.models.source import DeviceName, DtypeName, ModelSource, resolve_device, resolve_dtype
 from serve_app.service import RunContext, Service
 
@@ -55,6 +56,10 @@ class SanaConfig(BaseModel):
         default=True, description="Prepend Sana's prompt-enhancing instruction (the pipelines' default)."
     )
     warmup: WarmupConfig = Field(default_factory=WarmupConfig, description="Warm-up inference.")
+    max_pixels_per_request: int = Field(
+        default=4 * 3840 * 2160, ge=1,
+        description="Most pixels one request may ask for (width x height x num_images; 422 on image_size beyond): "
+        "four images at the default 3840x2160.")
 
     @model_validator(mode="after")
     def _same_kind(self) -> SanaConfig:
@@ -65,18 +70,22 @@ class SanaConfig(BaseModel):
 
 
 def _seed_field() -> Any:
-    return Field(default=None, ge=0, le=2**64 - 1, description="Same seed, prompt and settings give the same "
-                 "image. Omit for a random seed; the seed used is returned.")
+    return Field(default=None, ge=0, le=2**64 - 1, examples=[42], description="Same seed, prompt and settings "
+                 "give the same image. Omit for a random seed; the seed used is returned.")
 
 
 class TextToImageInput(BaseModel):
     """Input of `POST /sana`."""
 
-    prompt: str = Field(description="The prompt to generate an image from.",
-                        examples=["Underwater coral reef ecosystem during peak bioluminescent activity"])
-    negative_prompt: str = Field(default="", description="What the image should not contain.")
-    image_size: ImageSize = Field(default=ImageSizeDims(width=3840, height=2160),
-                                  description="A preset name or {width, height}.")
+    prompt: str = Field(description="The prompt to generate an image from.", max_length=MAX_PROMPT_CHARS,
+                        examples=["Underwater coral reef ecosystem during peak bioluminescent activity"],
+                        json_schema_extra={"ui": {"field": "textarea", "important": True}})
+    negative_prompt: str = Field(default="", description="What the image should not contain.",
+                                 max_length=MAX_PROMPT_CHARS, examples=["blurry, low quality"],
+                                 json_schema_extra={"ui": {"field": "textarea"}})
+    image_size: ImageSize = Field(default=ImageSizeDims(width=3840, height=2160), examples=["square_hd"],
+                                  description="A preset name or {width, height}.",
+                                  json_schema_extra={"ui": {"important": True}})
     num_inference_steps: int = Field(default=18, ge=1, le=50, description="Denoising steps.")
     seed: int | None = _seed_field()
     guidance_scale: float = Field(default=5.0, ge=0.0, le=20.0, description="Classifier-free guidance scale.")
@@ -115,8 +124,8 @@ class SanaService(Service):
     def __init__(self, config: SanaConfig) -> None:
         import torch
 
-        from deployments.sana import presets
         from components.safety import SafetyChecker
+        from deployments.sana import presets
 
         self.config = config
         self.device = resolve_device(config.device)
@@ -178,7 +187,7 @@ class SanaService(Service):
 
         The pipelines can bin and resize back themselves, but their resize floors the scaled size
         and then crops a wrong shape for sizes such as 640x480; so we bin here, generate at the
-        bucket size and resize back ourselves (`ImageOps.fit`).
+        bucket size and resize back ourselves (`serve_app.imaging.fit`, as `ImageOps.fit` does).
         """
         from diffusers.pipelines.sana import pipeline_sana as sana
 
@@ -188,10 +197,14 @@ class SanaService(Service):
         return int(bin_width), int(bin_height)
 
     def _run(self, pipe: Any, request: TextToImageInput, ctx: RunContext, extra: dict[str, Any]) -> SanaOutput:
-        from PIL import ImageOps
+        """Generate, then stay on the device until the bytes are ready: the fit to the requested
+        size, the safety checker's preprocessing and JPEG encoding run where the images are
+        (`serve_app.imaging`)."""
+        from serve_app.imaging import encode_images, fit
 
         torch = self._torch
         width, height = resolve_image_size(request.image_size)
+        check_pixels(width, height, request.num_images, self.config.max_pixels_per_request)
         gen_width, gen_height = self._binned_size(pipe, width, height)
         seed = request.seed if request.seed is not None else secrets.randbelow(2**32)
         steps = request.num_inference_steps
@@ -207,24 +220,17 @@ class SanaService(Service):
                 guidance_scale=request.guidance_scale,
                 num_images_per_prompt=request.num_images,
                 generator=torch.Generator(device=self.device).manual_seed(seed),
-                output_type="pil",
+                output_type="pt",
                 callback_on_step_end=ctx.diffusers_callback(steps),
                 **extra,
             )
-        if ctx.cancelled:
-            raise RequestCancelled()
-        images = [im if im.size == (width, height) else ImageOps.fit(im, (width, height), method=3)  # bicubic
-                  for im in result.images]
-        if request.enable_safety_checker:
-            images, flags = self.safety.apply(images)
-        else:
-            flags = [False] * len(images)
-        return SanaOutput(
-            images=[Image.from_pil(im, request.output_format) for im in images],
-            seed=seed,
-            has_nsfw_concepts=flags,
-            prompt=request.prompt,
-        )
+            images = fit(result.images, width, height)
+            if request.enable_safety_checker:
+                images, flags = self.safety.apply_tensor(images)
+            else:
+                flags = [False] * len(images)
+            encoded = encode_images(images, request.output_format)
+        return SanaOutput(images=encoded, seed=seed, has_nsfw_concepts=flags, prompt=request.prompt)
 
     def check_health(self) -> None:
         if self.device.startswith("cuda"):

@@ -1,10 +1,22 @@
 """The Ray actor that hosts one rank: process-group set-up, calls, the stream buffer, cancellation.
 
-It is a threaded actor, so `drain`, `cancel` and `ping` answer while a long `call` runs.
+It is a threaded actor, so `drain`, `cancel`, `abort` and `ping` answer while a long `call` runs.
+
+The process group's sockets listen on the rendezvous address only: loopback when every rank is on
+one node (STRICT_PACK), else the node's cluster address, never all interfaces. Rank 0 binds the
+store's socket itself and hands it to torch's TCPStore; gloo and NCCL are pinned to the interface of
+that address (`GLOO_SOCKET_IFNAME` / `NCCL_SOCKET_IFNAME`, unless the operator set them).
+
+After a failed or timed-out call the runner can re-form the group in place: `abort()` ends what is
+pending in the process group (a rank stuck in a collective returns with an error), `regroup()`
+joins a fresh group on a fresh rendezvous. The worker and its weights stay; a worker that made
+subgroups of its own rebuilds them in its `regroup()` hook.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 import os
 import queue
 import socket
@@ -14,6 +26,8 @@ from typing import Any
 
 from serve_app.distributed.worker import DistributedWorker, to_text_event_json
 from serve_app.errors import ServiceError
+
+logger = logging.getLogger("ray.serve")
 
 
 class RankFailed(RuntimeError):
@@ -43,6 +57,10 @@ class RankActor:
         self.rank = rank
         self.world_size = world_size
         self.worker: DistributedWorker | None = None
+        self._listener: socket.socket | None = None
+        self._store: Any = None
+        self._device: Any = None
+        self._groups_after_setup = 0
 
     def node_info(self) -> tuple[str, list[str]]:
         """This rank's node address and the GPU ids Ray assigned it."""
@@ -51,16 +69,34 @@ class RankActor:
         return ray.util.get_node_ip_address(), [str(g) for g in ray.get_gpu_ids()]
 
     def free_port(self) -> int:
-        """A free TCP port on this node for the rendezvous (one per runner: no fixed 29500)."""
+        """A free TCP port on this node (kept for callers of the older API; `open_rendezvous` is
+        what the runner uses)."""
         with socket.socket() as s:
-            s.bind(("", 0))
+            s.bind(("127.0.0.1", 0))
             return int(s.getsockname()[1])
+
+    def open_rendezvous(self, bind_addr: str) -> int:
+        """Bind and listen on a free port of `bind_addr` for the group's store (rank 0); the socket
+        is handed to torch at `setup` / `regroup`, so nothing else can take the port meanwhile."""
+        self._close_listener()
+        family = socket.AF_INET6 if ":" in bind_addr else socket.AF_INET
+        listener = socket.socket(family, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((bind_addr, 0))
+        listener.listen(128)
+        self._listener = listener
+        return int(listener.getsockname()[1])
+
+    def _close_listener(self) -> None:
+        listener = self._listener
+        if listener is not None:
+            listener.close()
+            self._listener = None
 
     def setup(self, master_addr: str, master_port: int, backend: str, timeout_s: float,
               visible_devices: list[str] | None, setup_kwargs: dict[str, Any]) -> int:
         """Join the process group, build the worker and run its `setup(**setup_kwargs)`."""
         import torch
-        import torch.distributed as dist
 
         device: Any = torch.device("cpu")
         if backend == "nccl":
@@ -75,17 +111,67 @@ class RankActor:
                 index = 0
             device = torch.device("cuda", index)
             torch.cuda.set_device(device)
-        init_kwargs: dict[str, Any] = {}
-        if backend == "nccl" and getattr(self.worker_cls, "bind_device_at_init", True):
-            init_kwargs["device_id"] = device
-        dist.init_process_group(
-            backend=backend, init_method=f"tcp://{master_addr}:{master_port}", rank=self.rank,
-            world_size=self.world_size, timeout=timedelta(seconds=timeout_s), **init_kwargs,
-        )
+        self._device = device
+        self._join(master_addr, master_port, backend, timeout_s)
         worker = self.worker_cls(self.rank, self.world_size)
         worker.device = device
         self.worker = worker
         self._guard(worker.setup, **setup_kwargs)
+        self._groups_after_setup = _group_count()
+        return self.rank
+
+    def _join(self, master_addr: str, master_port: int, backend: str, timeout_s: float) -> None:
+        """Join a process group whose store listens on `master_addr:master_port`."""
+        import torch.distributed as dist
+
+        pin_interfaces(master_addr)
+        is_master = self.rank == 0
+        listener = self._listener if is_master else None
+        store = dist.TCPStore(master_addr, master_port, self.world_size, is_master,
+                              timeout=timedelta(seconds=timeout_s),
+                              master_listen_fd=listener.fileno() if listener is not None else None)
+        if listener is not None:
+            listener.detach()  # the store owns (and closes) the socket now
+            self._listener = None
+        init_kwargs: dict[str, Any] = {}
+        if backend == "nccl" and getattr(self.worker_cls, "bind_device_at_init", True):
+            init_kwargs["device_id"] = self._device
+        dist.init_process_group(backend=backend, store=store, rank=self.rank, world_size=self.world_size,
+                                timeout=timedelta(seconds=timeout_s), **init_kwargs)
+        self._store = store  # the store (and the socket it serves on) live as long as the group
+
+    def abort(self) -> None:
+        """End every pending collective of this rank's process group (they raise) and drop the group.
+        Called from another actor thread while a call may be stuck in a collective."""
+        import torch.distributed as dist
+
+        if self.worker is not None:
+            self.worker._cancel.set()
+        if dist.is_initialized():
+            try:
+                dist.distributed_c10d._abort_process_group()
+            except Exception as e:  # already torn down by a peer's failure
+                logger.warning("rank %d: aborting the process group: %r", self.rank, e)
+
+    def regroup(self, master_addr: str, master_port: int, backend: str, timeout_s: float) -> int:
+        """Join a fresh process group (after `abort`), keeping the worker and its models; then the
+        worker's own `regroup()` rebuilds what it derived from the old group."""
+        import torch.distributed as dist
+
+        worker = self._worker()
+        bound = bound_to_group(worker, self._groups_after_setup)
+        if bound:
+            raise RuntimeError(f"rank {self.rank}: the worker holds {bound} made from the old process group "
+                               "and has no regroup() to rebuild it; the replica must be replaced")
+        if dist.is_initialized():
+            try:
+                dist.destroy_process_group()
+            except Exception:  # half torn down: abort it
+                dist.distributed_c10d._abort_process_group()
+        self._join(master_addr, master_port, backend, timeout_s)
+        worker._agreement = None
+        worker._cancel.clear()
+        self._guard(worker.regroup)
         return self.rank
 
     def _guard(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -106,6 +192,7 @@ class RankActor:
             # Calls run on the actor's threads, which don't inherit the device set in setup().
             torch.cuda.set_device(worker.device)
         worker._cancel.clear()
+        worker._agreement = None
         while not worker._stream.empty():  # items a cancelled request left behind
             worker._stream.get_nowait()
         result = self._guard(worker, streaming=streaming, **payload)
@@ -141,8 +228,57 @@ class RankActor:
             self.worker.teardown()
         if dist.is_initialized():
             dist.destroy_process_group()
+        self._close_listener()
 
     def _worker(self) -> DistributedWorker:
         if self.worker is None:
             raise RuntimeError(f"rank {self.rank} was not set up")
         return self.worker
+
+
+def interface_of(address: str) -> str | None:
+    """The name of this host's network interface that holds `address` (`lo` for loopback)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return None
+    if ip.is_loopback:
+        return "lo"
+    try:
+        import psutil
+    except ImportError:
+        return None
+    for name, addresses in psutil.net_if_addrs().items():
+        if any(a.address.split("%")[0] == str(ip) for a in addresses):
+            return name
+    return None
+
+
+def pin_interfaces(address: str) -> None:
+    """Make gloo and NCCL listen on the interface of `address` only (unless the operator chose)."""
+    name = interface_of(address)
+    if name is None:
+        return
+    for var in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME"):
+        os.environ.setdefault(var, name)
+
+
+def _group_count() -> int:
+    """Process groups this process knows (the default one, plus subgroups from `new_group`)."""
+    import torch.distributed as dist
+
+    return len(dist.distributed_c10d._world.pg_map) if dist.is_initialized() else 0
+
+
+def bound_to_group(worker: DistributedWorker, groups_after_setup: int) -> str | None:
+    """What in `worker` still refers to the old process group, when its class has no `regroup()` of
+    its own to rebuild it: subgroups it made (`new_group`), or a DistributedDataParallel wrapper."""
+    if type(worker).regroup is not DistributedWorker.regroup:
+        return None
+    if groups_after_setup > 1:
+        return f"{groups_after_setup - 1} subgroup(s)"
+    from torch.nn.parallel import DistributedDataParallel
+
+    if any(isinstance(value, DistributedDataParallel) for value in vars(worker).values()):
+        return "a DistributedDataParallel wrapper"
+    return None

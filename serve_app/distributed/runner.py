@@ -5,11 +5,18 @@ the replica, bundle r + 1 is rank r); torch.distributed inside (NCCL on GPUs, gl
 free rendezvous port per runner. Payloads reach every rank through Ray; rank 0's result comes back.
 
 Where fal's runner returns errors as data or hangs, this one:
-- raises a rank's exception with the rank named and its traceback (`RankFailed`), keeping
-  HTTP-ready errors (field errors, cancellation) as they are;
-- fails `invoke` and `stream` within `stop_grace_s` when a rank dies or the others stay stuck in a
-  collective, kills the group and makes `check_health` raise, so Serve replaces the replica;
+- raises a rank's exception with the rank named and its traceback (`RankFailed`, a RuntimeError),
+  keeping HTTP-ready errors (field errors, cancellation) as they are; a call past its timeout
+  raises `RunnerTimeout` (a TimeoutError);
+- recovers in place after a failed or timed-out call: it aborts what is pending in the process
+  group (ranks stuck in a collective return), forms a fresh group among the same rank actors on a
+  fresh rendezvous, and keeps the models, so the next request runs within seconds;
+- kills the group only when a rank's process died (or ranks stay stuck even after the abort):
+  `check_health` then raises and Serve replaces the replica;
 - stops a request when its caller goes away (cancel flag on every rank) and stays usable.
+
+Results travel as the typed events of `serve_app.events`: `invoke(payload, on_event=...)` forwards
+rank 0's events as they come and returns its final result; workers raise `RequestCancelled`.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ import concurrent.futures
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from serve_app.distributed.rank import RankActor, RankFailed
@@ -35,6 +42,10 @@ class RunnerBroken(ServiceError):
 
     status_code = 503
     error_type = "runner_disconnected"
+
+
+class RunnerTimeout(RequestTimeout, TimeoutError):
+    """A call did not finish in its `timeout` (fal's runner raises TimeoutError too): 504."""
 
 
 def _is_death(exc: BaseException) -> bool:
@@ -77,6 +88,8 @@ class DistributedRunner:
         self.backend = "nccl" if use_gpu else "gloo"
         self.actors: list[Any] = []
         self.broken: str | None = None
+        self.regroups = 0  # process groups re-formed in place after a failed call
+        self._rendezvous_addr = "127.0.0.1"
         self._lock: asyncio.Lock | None = None
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -109,20 +122,23 @@ class DistributedRunner:
         self._create_actors()
         try:
             infos = await self._run_all([a.node_info.remote() for a in self.actors], timeout)
-            master_addr = infos[0][0]
-            port = await asyncio.wait_for(_await(self.actors[0].free_port.remote()), timeout)
             same_node = len({ip for ip, _ in infos}) == 1
+            # All ranks on one node (STRICT_PACK): the group's sockets listen on loopback only.
+            self._rendezvous_addr = "127.0.0.1" if same_node else infos[0][0]
+            port = await asyncio.wait_for(_await(self.actors[0].open_rendezvous.remote(self._rendezvous_addr)),
+                                          timeout)
             visible = sorted({g for _, gpus in infos for g in gpus}, key=lambda g: (len(g), g)) \
                 if self.use_gpu and same_node else None
             await self._run_all([
-                a.setup.remote(master_addr, port, self.backend, self.collective_timeout_s, visible, setup_kwargs)
+                a.setup.remote(self._rendezvous_addr, port, self.backend, self.collective_timeout_s, visible,
+                               setup_kwargs)
                 for a in self.actors], timeout)
         except BaseException:
             self._kill("start failed")
             raise
         self.broken = None
         logger.info("runner for %s started: %d ranks, %s, rendezvous %s:%d", self.worker_cls.__name__,
-                    self.world_size, self.backend, master_addr, port)
+                    self.world_size, self.backend, self._rendezvous_addr, port)
 
     def start_blocking(self, timeout: float = 1800, **setup_kwargs: Any) -> None:
         """`start` for synchronous code (a replica constructor)."""
@@ -183,13 +199,28 @@ class DistributedRunner:
         payload_ref = ray.put(payload)  # one copy in the object store, read by every rank
         return [a.call.remote(payload_ref, streaming, as_text_events) for a in self.actors]
 
-    async def invoke(self, payload: dict[str, Any], timeout: float | None = None) -> Any:
-        """Run `__call__(streaming=False, **payload)` on every rank; return rank 0's result."""
+    async def invoke(self, payload: dict[str, Any] | None = None, timeout: float | None = None,
+                     on_event: Callable[[Any], None] | None = None) -> Any:
+        """Run `__call__(streaming=False, **payload)` on every rank; return rank 0's result.
+
+        With `on_event`, the ranks run with `streaming=True` and every intermediate item rank 0
+        emits (typed `Progress` / `Partial` events, or what a fal worker passes to
+        `add_streaming_result`) is handed to `on_event` as it arrives: the one "forward the events,
+        keep the final result" loop that every multi-GPU service uses. Cancellation and rank
+        failures are raised.
+        """
+        payload = {} if payload is None else payload
+        if on_event is not None:
+            async for is_final, item in self._items(payload, timeout, None, as_text_events=False):
+                if is_final:
+                    return item
+                on_event(item)
+            raise RuntimeError("the ranks returned no result")  # pragma: no cover - _items ends in one
         async with self._call_lock():
             self._ensure_alive()
             refs = self._launch(payload, streaming=False, as_text_events=False)
             try:
-                results = await self._run_all(refs, timeout)
+                results = await self._run_all(refs, timeout, recover=True)
             except (asyncio.CancelledError, GeneratorExit):
                 await self._cancel_ranks(refs)
                 raise
@@ -202,14 +233,20 @@ class DistributedRunner:
         streaming_timeout: float | None = None,
         as_text_events: bool = False,
     ) -> AsyncIterator[Any]:
-        """Yield what rank 0 passes to `add_streaming_result`, then the final result (as SSE
-        `data:` frames when `as_text_events`). `timeout` bounds the whole call,
+        """Yield what rank 0 emits (events, `add_streaming_result` items), then the final result (as
+        SSE `data:` frames when `as_text_events`). `timeout` bounds the whole call,
         `streaming_timeout` the silence between two items."""
+        async for _, item in self._items(payload, timeout, streaming_timeout, as_text_events):
+            yield _frame(item) if as_text_events else item
+
+    async def _items(self, payload: dict[str, Any], timeout: float | None, streaming_timeout: float | None,
+                     as_text_events: bool) -> AsyncIterator[tuple[bool, Any]]:
+        """`(False, intermediate item)` as rank 0 emits them, then `(True, rank 0's result)`."""
         loop = asyncio.get_running_loop()
         async with self._call_lock():
             self._ensure_alive()
             refs = self._launch(payload, streaming=True, as_text_events=as_text_events)
-            everything = asyncio.ensure_future(self._run_all(refs, timeout))
+            everything = asyncio.ensure_future(self._run_all(refs, timeout, recover=True))
             rank0 = self.actors[0]
             last_item = loop.time()
             try:
@@ -225,7 +262,7 @@ class DistributedRunner:
                         await asyncio.sleep(0.05)
                     for item in items:
                         last_item = loop.time()
-                        yield _frame(item) if as_text_events else item
+                        yield False, item
                     if everything.done():
                         break
                     if streaming_timeout is not None and loop.time() - last_item > streaming_timeout:
@@ -233,9 +270,8 @@ class DistributedRunner:
                 results = everything.result()  # raises the ranks' error, if any
                 if self.is_alive():
                     for item in await _await(rank0.drain.remote(0.0)):
-                        yield _frame(item) if as_text_events else item
-                final = results[0]
-                yield _frame(final) if as_text_events else final
+                        yield False, item
+                yield True, results[0]
             except BaseException:
                 if not everything.done():
                     await self._cancel_ranks(refs)
@@ -244,8 +280,8 @@ class DistributedRunner:
 
     # --- internals ------------------------------------------------------------------------------
     async def _cancel_ranks(self, refs: list[Any]) -> None:
-        """Set every rank's cancel flag and give the call `stop_grace_s` to end; a group that
-        does not stop in time is killed (the replica's health check then fails)."""
+        """Set every rank's cancel flag and give the call `stop_grace_s` to end; ranks that do not
+        stop in time (stuck in a collective) are aborted and regrouped in place."""
         for actor in self.actors:
             actor.cancel.remote()
         waiters = [asyncio.ensure_future(_await(r)) for r in refs]
@@ -254,13 +290,12 @@ class DistributedRunner:
             if w.done() and not w.cancelled():
                 w.exception()  # retrieved: the cancelled call's own error is not news
         if pending:
-            for w in pending:
-                w.cancel()
-            self._kill("ranks did not stop after a cancelled request")
+            await asyncio.shield(self._recover(waiters, "ranks did not stop after a cancelled request"))
 
-    async def _run_all(self, refs: list[Any], timeout: float | None) -> list[Any]:
-        """Await one call per rank. On the first failure, wait `stop_grace_s` for the others;
-        if they are still running (dead peer, stuck collective), kill the group."""
+    async def _run_all(self, refs: list[Any], timeout: float | None, recover: bool = False) -> list[Any]:
+        """Await one call per rank. On the first failure, wait `stop_grace_s` for the others. A dead
+        rank kills the group; with `recover`, any other failure, or ranks still running (stuck in
+        a collective, or past `timeout`), aborts and re-forms the group in place (`_recover`)."""
         waiters = [asyncio.ensure_future(_await(r)) for r in refs]
         try:
             done, pending = await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_EXCEPTION)
@@ -277,13 +312,18 @@ class DistributedRunner:
                         if w.done() and not w.cancelled() and w.exception()]
         # A dead rank is the root cause; the errors it caused in its peers are not.
         failures.sort(key=lambda f: (not _is_death(f[1]), f[0]))  # type: ignore[arg-type]
-        if pending or (failures and _is_death(failures[0][1])):  # type: ignore[arg-type]
+        dead = bool(failures) and _is_death(failures[0][1])  # type: ignore[arg-type]
+        reason = f"rank {failures[0][0]} failed" if failures else f"timed out after {timeout} s"
+        suspect = bool(pending) or any(not isinstance(unwrap_remote_error(e), ServiceError)  # type: ignore[arg-type]
+                                       for _, e in failures)
+        if dead or (pending and not recover):
             for w in pending:
                 w.cancel()
-            reason = f"rank {failures[0][0]} failed" if failures else f"timed out after {timeout} s"
             self._kill(reason + "; the group cannot continue")
+        elif recover and suspect:
+            await self._recover(waiters, reason)
         if not failures:
-            raise RequestTimeout(f"distributed call timed out after {timeout} s")
+            raise RunnerTimeout(f"distributed call timed out after {timeout} s")
         rank, exc = failures[0]
         err = _rank_error(rank, exc)  # type: ignore[arg-type]
         if isinstance(err, RunnerBroken):
@@ -291,6 +331,41 @@ class DistributedRunner:
         if isinstance(err, RankFailed) and err.remote_traceback:
             logger.error("rank %d traceback:\n%s", rank, err.remote_traceback)
         raise err
+
+    async def _recover(self, waiters: Sequence[asyncio.Future[Any]], reason: str) -> None:
+        """Re-form the process group among the same rank actors after a failed call: ask the ranks
+        to stop, abort their process groups (collectives that wait on a peer return with an
+        error), wait for every call to end, then join a fresh group on a fresh rendezvous. Models
+        stay loaded. Ranks that still don't return, or a regroup that fails, kill the group."""
+        if not self.actors:
+            return
+        pending = {w for w in waiters if not w.done()}
+        if pending:
+            for actor in self.actors:
+                actor.cancel.remote()
+            _, pending = await asyncio.wait(pending, timeout=self.stop_grace_s)
+        try:
+            await self._run_all([a.abort.remote() for a in self.actors], self.stop_grace_s)
+            if pending:
+                _, pending = await asyncio.wait(pending, timeout=self.stop_grace_s)
+            if pending:
+                raise RuntimeError("ranks still running after the abort")
+            for w in waiters:
+                if not w.cancelled():
+                    w.exception()  # retrieved: the aborted collectives' errors are not news
+            rendezvous_s = max(30.0, 4 * self.stop_grace_s)
+            port = await asyncio.wait_for(_await(self.actors[0].open_rendezvous.remote(self._rendezvous_addr)),
+                                          rendezvous_s)
+            await self._run_all([a.regroup.remote(self._rendezvous_addr, port, self.backend, rendezvous_s)
+                                 for a in self.actors], rendezvous_s + self.stop_grace_s)
+        except Exception as e:
+            for w in pending:
+                w.cancel()
+            self._kill(f"{reason}; re-forming the group failed ({type(e).__name__}: {e})")
+            return
+        self.regroups += 1
+        logger.warning("runner for %s: %s; process group re-formed in place on port %d (models kept)",
+                       self.worker_cls.__name__, reason, port)
 
 
 def run_blocking(coro: Any) -> Any:

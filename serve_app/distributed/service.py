@@ -1,8 +1,9 @@
 """`DistributedService`: a service whose replica owns one DistributedRunner of its worker's ranks.
 
 It gathers what every multi-GPU service repeats: the placement-group deployment options, building
-and starting the runner from the config, one request at a time (the runner serialises itself), and
-a health check that fails when a rank is gone. The config must have `world_size`, `resources`
+and starting the runner from the config, one request at a time (the runner serialises itself),
+running a request with its events forwarded (`run_on_ranks`), and a health check that fails when a
+rank is gone. The config must have `world_size`, `resources`
 (`RankResources`) and `start_timeout_s` fields.
 """
 
@@ -12,6 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from serve_app.context import RunContext
 from serve_app.distributed.placement import RankResources, placement_options
 from serve_app.distributed.runner import DistributedRunner
 from serve_app.distributed.worker import DistributedWorker
@@ -47,6 +49,11 @@ class DistributedService(Service):
         )
         self.runner.start_blocking(timeout=float(getattr(config, "start_timeout_s", 1800)), **setup_kwargs)
         return self.runner
+
+    async def run_on_ranks(self, payload: dict[str, Any], ctx: RunContext, timeout: float | None = None) -> Any:
+        """Run one request on every rank and return rank 0's result; when the caller streams, rank
+        0's typed events are forwarded to it as they come. Cancellation and failures are raised."""
+        return await self.runner.invoke(payload, timeout=timeout, on_event=ctx.emit if ctx.streaming else None)
 
     async def check_health(self) -> None:  # type: ignore[override]
         await self.runner.check_health()

@@ -12,12 +12,13 @@ Modules, one concept each:
              application, so it outlives ingress replicas
   client     typed calls to the store (actor or in-process) with timeouts; connect_store()
   webhooks   fal's webhook payload, HMAC-SHA256 signature, one delivery attempt
+  dispatch   the Protocol the queue needs of the layer above (the ingress's Dispatcher provides it)
   runner     QueueRunner: inside each ingress replica, claims jobs and runs them through the
              ingress's Dispatcher (so Serve routes and autoscales the work), reports progress
   schemas    response models (OpenAPI)
   routes     install_queue_routes(app, dispatcher, settings, auth): the HTTP layer, which only translates
 
-Import `serve_app.queue.routes` lazily: it imports the ingress module, which imports the settings.
+The queue sits below the ingress: nothing here imports `serve_app.ingress`.
 """
 
 from serve_app.queue.settings import QueueSettings

@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections import OrderedDict
 from typing import Any
 
+from serve_app.errors import ServiceError
 from serve_app.queue.messages import CancelOutcome, JobUpdate, Outcome, PollResult, ResultView, WatchResult
 from serve_app.queue.settings import QueueSettings
 from serve_app.queue.state import Job
 from serve_app.queue.store import STORE_NAMESPACE, JobStore
+
+MAX_BATCH = 256
+STATUS_CACHE_SIZE = 10_000
 
 
 class StoreClient:
@@ -20,6 +25,8 @@ class StoreClient:
         self._target = target
         self._local = isinstance(target, JobStore)
         self.timeout_s = timeout_s
+        self._batcher: _SubmitBatcher | None = None
+        self._done: OrderedDict[tuple[str, bool, str | None], dict[str, Any]] = OrderedDict()
 
     async def _call(self, method: str, *args: Any, timeout_s: float | None = None) -> Any:
         fn = getattr(self._target, method)
@@ -30,24 +37,43 @@ class StoreClient:
         await self._call("configure", settings)
 
     async def submit(self, job: Job) -> int:
-        return int(await self._call("submit", job))
+        """Queue `job` (batched with the submissions of the same moment: one store call carries them
+        all); its queue position, or the store's error raised."""
+        if self._batcher is None:
+            self._batcher = _SubmitBatcher(self)
+        return await self._batcher.submit(job)
 
-    async def status(self, request_id: str, with_logs: bool) -> dict[str, Any] | None:
-        result: dict[str, Any] | None = await self._call("status", request_id, with_logs)
+    async def submit_many(self, jobs: list[Job]) -> list[int | ServiceError]:
+        result: list[int | ServiceError] = await self._call("submit_many", jobs)
         return result
 
-    async def result(self, request_id: str) -> ResultView | None:
-        result: ResultView | None = await self._call("result", request_id)
+    async def status(self, request_id: str, with_logs: bool, owner: str | None = None) -> dict[str, Any] | None:
+        """fal's status body (None: no such job for this owner). Finished jobs' answers come from a
+        cache in this replica: they no longer change."""
+        key = (request_id, with_logs, owner)
+        cached = self._done.get(key)
+        if cached is not None:
+            self._done.move_to_end(key)
+            return cached
+        result: dict[str, Any] | None = await self._call("status", request_id, with_logs, owner)
+        if result is not None and result.get("status") == "COMPLETED":
+            self._done[key] = result
+            if len(self._done) > STATUS_CACHE_SIZE:
+                self._done.popitem(last=False)
         return result
 
-    async def cancel(self, request_id: str) -> CancelOutcome:
-        result: CancelOutcome = await self._call("cancel", request_id)
+    async def result(self, request_id: str, owner: str | None = None) -> ResultView | None:
+        result: ResultView | None = await self._call("result", request_id, owner)
+        return result
+
+    async def cancel(self, request_id: str, owner: str | None = None) -> CancelOutcome:
+        result: CancelOutcome = await self._call("cancel", request_id, owner)
         return result
 
     async def watch(self, request_id: str, version: int, timeout_s: float, event_seq: int, log_total: int,
-                    with_logs: bool) -> WatchResult | None:
+                    with_logs: bool, owner: str | None = None) -> WatchResult | None:
         result: WatchResult | None = await self._call(
-            "watch", request_id, version, timeout_s, event_seq, log_total, with_logs,
+            "watch", request_id, version, timeout_s, event_seq, log_total, with_logs, owner,
             timeout_s=timeout_s + self.timeout_s)
         return result
 
@@ -67,6 +93,39 @@ class StoreClient:
     async def stats(self) -> dict[str, Any]:
         result: dict[str, Any] = await self._call("stats")
         return result
+
+
+class _SubmitBatcher:
+    """Group commit for submissions: while one `submit_many` call is in flight, the submissions
+    that arrive wait together for the next one, so under load one store call carries many jobs
+    (and one journal write), and alone a submission costs one call as before."""
+
+    def __init__(self, client: StoreClient) -> None:
+        self.client = client
+        self._pending: list[tuple[Job, asyncio.Future[int]]] = []
+        self._flushing: asyncio.Task[None] | None = None
+
+    async def submit(self, job: Job) -> int:
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._pending.append((job, future))
+        if self._flushing is None or self._flushing.done():
+            self._flushing = asyncio.get_running_loop().create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+            try:
+                answers = await self.client.submit_many([job for job, _ in batch])
+            except Exception as exc:  # the store is unreachable: every submission of the batch fails
+                answers = [exc] * len(batch)  # type: ignore[list-item]
+            for (_, future), answer in zip(batch, answers, strict=True):
+                if future.done():
+                    continue
+                if isinstance(answer, BaseException):
+                    future.set_exception(answer)
+                else:
+                    future.set_result(int(answer))
 
 
 def store_actor_name(app_name: str) -> str:

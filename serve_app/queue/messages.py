@@ -20,6 +20,18 @@ class QueueFull(ServiceError):
         self.retry_after_s = retry_after_s
 
 
+class PayloadTooLarge(ServiceError):
+    """One job's input is over `max_payload_bytes`: 413."""
+
+    status_code = 413
+    error_type = "payload_too_large"
+
+    def __init__(self, limit: int = 0) -> None:
+        super().__init__(f"The request is larger than the queue's limit of {limit} bytes; upload large files "
+                         "with POST /files and pass their URL.")
+        self.limit = limit
+
+
 class QueueUnavailable(ServiceError):
     """The queue has no store to talk to (the app runs outside Serve, or startup failed): 503."""
 
@@ -69,7 +81,7 @@ class Outcome:
 
     request_id: str
     gateway_request_id: str
-    kind: Literal["succeeded", "failed", "cancelled"]
+    kind: Literal["succeeded", "failed", "cancelled", "requeue"]  # requeue: the service shed it, run it later
     body: Any = None
     status_code: int = 200
     error_type: str | None = None

@@ -16,20 +16,21 @@ import contextlib
 import logging
 import time
 import uuid
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from serve_app.errors import ServiceError, to_http, unwrap_remote_error
+from serve_app.events import Output, Progress, StreamEvent
 from serve_app.queue.client import StoreClient
+from serve_app.queue.dispatch import Dispatch
 from serve_app.queue.messages import Claim, JobUpdate, Outcome
 from serve_app.queue.settings import QueueSettings
 from serve_app.queue.state import log_entry
-
-if TYPE_CHECKING:
-    from serve_app.ingress import Dispatcher
+from serve_app.tracing import bind_request_id
 
 logger = logging.getLogger("ray.serve")
 
 MAX_REPORT_TRIES = 10
+BUSY_RETRY_S = 0.5
 
 
 def error_type_for(exc: BaseException, status_code: int) -> str:
@@ -41,18 +42,17 @@ def error_type_for(exc: BaseException, status_code: int) -> str:
             504: "request_timeout"}.get(status_code, "internal_error")
 
 
-def progress_message(event: dict[str, Any]) -> str | None:
+def progress_message(event: StreamEvent) -> str | None:
     """The log line for a progress event (other events are not logged: they may be large)."""
-    if event.get("type") != "progress":
+    if not isinstance(event, Progress):
         return None
-    text = str(event.get("message") or "progress")
-    return f"{text} {event.get('step')}/{event.get('total')}"
+    return f"{event.message or 'progress'} {event.step}/{event.total}"
 
 
 class QueueRunner:
     """One per ingress replica; `start()` and `stop()` are tied to the ASGI lifespan."""
 
-    def __init__(self, store: StoreClient, dispatcher: Dispatcher, settings: QueueSettings) -> None:
+    def __init__(self, store: StoreClient, dispatcher: Dispatch, settings: QueueSettings) -> None:
         self.store = store
         self.dispatcher = dispatcher
         self.settings = settings
@@ -117,33 +117,41 @@ class QueueRunner:
             entry[1].cancel()
 
     async def _run(self, claim: Claim) -> Outcome:
-        """One attempt: stream the endpoint, buffer its events, return the outcome."""
+        """One attempt: stream the endpoint, buffer its events, return the outcome. A service whose
+        Serve queue is full (load shedding) gives the job back to the store: it runs later."""
+        try:
+            return await self._attempt(claim)
+        except Exception as exc:
+            if type(unwrap_remote_error(exc)).__name__ != "BackPressureError":
+                raise
+            await asyncio.sleep(BUSY_RETRY_S)
+            return Outcome(claim.request_id, claim.gateway_request_id, "requeue", status_code=503)
+
+    async def _attempt(self, claim: Claim) -> Outcome:
+        bind_request_id(claim.request_id, claim.path)
         started = time.monotonic()
         _, spec = self.dispatcher.lookup(claim.path)
         if not spec.stream:  # no progress to report: one unary handle call
-            output, units = await self.dispatcher.run(claim.path, claim.payload, claim.request_id, claim.base_url)
-            return Outcome(claim.request_id, claim.gateway_request_id, "succeeded", output, 200, None, units,
+            body, units = await self.dispatcher.run(claim.path, claim.payload, claim.request_id, claim.base_url,
+                                                    queued=True)
+            return Outcome(claim.request_id, claim.gateway_request_id, "succeeded", body, 200, None, units,
                            time.monotonic() - started)
-        ambiguous = "type" in spec.output_model.model_fields  # then only the last item is known to be the output
-        events, units = await self.dispatcher.stream(claim.path, claim.payload, claim.request_id, claim.base_url)
-        held: dict[str, Any] | None = None
-        async for item in events:
-            if ambiguous:
-                if held is not None:
-                    self._buffer_event(claim, held)
-                held = item
-            elif isinstance(item.get("type"), str):
-                self._buffer_event(claim, item)
+        items, units = await self.dispatcher.stream(claim.path, claim.payload, claim.request_id, claim.base_url,
+                                                    queued=True)
+        output: dict[str, Any] | None = None
+        async for item in items:
+            if isinstance(item, Output):
+                output = item.to_json()
             else:
-                held = item
-        return Outcome(claim.request_id, claim.gateway_request_id, "succeeded", held, 200, None, units,
+                self._buffer_event(claim, item)
+        return Outcome(claim.request_id, claim.gateway_request_id, "succeeded", output, 200, None, units,
                        time.monotonic() - started)
 
-    def _buffer_event(self, claim: Claim, event: dict[str, Any]) -> None:
+    def _buffer_event(self, claim: Claim, event: StreamEvent) -> None:
         update = self._pending.get(claim.request_id)
         if update is None:
             update = self._pending[claim.request_id] = JobUpdate(claim.request_id, claim.gateway_request_id)
-        update.events.append(event)
+        update.events.append(event.to_json())
         message = progress_message(event)
         if message is not None:
             update.logs.append(log_entry(message, time.time()))

@@ -34,3 +34,21 @@ class CancelResponse(BaseModel):
     status: Literal["OK", "CANCELLATION_REQUESTED", "ALREADY_COMPLETED", "NOT_FOUND"] = Field(
         description="OK (removed from the queue, 200), CANCELLATION_REQUESTED (running; asked to stop, 202), "
         "ALREADY_COMPLETED (400), NOT_FOUND (404).")
+
+
+class ErrorBody(BaseModel):
+    detail: Any = Field(description="What went wrong: a message, or fal's list of field errors.")
+    request_id: str | None = Field(default=None, description="The request's id.")
+
+
+REQUEST_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "Missing or unknown API key"},
+    404: {"model": ErrorBody, "description": "No such request (or another key's)"},
+    503: {"model": ErrorBody, "description": "The queue store is unavailable; retry (Retry-After)"},
+}
+SUBMIT_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "Missing or unknown API key"},
+    413: {"model": ErrorBody, "description": "The input is larger than the queue's per-job limit"},
+    429: {"model": ErrorBody, "description": "The queue is full; retry after Retry-After seconds"},
+    503: {"model": ErrorBody, "description": "The queue store is unavailable; retry (Retry-After)"},
+}

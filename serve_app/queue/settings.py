@@ -10,18 +10,20 @@ import os
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+DEFAULT_MAX_RUNNING = 8
+
 
 class ServiceLimits(BaseModel):
     """Per-service queue limits (all ingress replicas together)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    max_running: int = Field(
-        default=8,
+    max_running: int | None = Field(
+        default=None,
         ge=1,
-        description="Jobs of this service handed to its deployment handle at once. Set it to about "
-        "max_replicas x max_ongoing_requests: more waits inside Serve while already reading IN_PROGRESS; "
-        "fewer caps what autoscaling can see.",
+        description="Jobs of this service handed to its deployment handle at once. Unset: the deployment's "
+        "capacity (max_replicas x max_ongoing_requests, from its scaling), so a job reads IN_PROGRESS only "
+        "when a replica can run it, not while it waits inside Serve.",
     )
     max_queued: int = Field(
         default=10_000,
@@ -44,6 +46,12 @@ class WebhookSettings(BaseModel):
     max_attempts: int = Field(default=10, ge=1, description="Delivery attempts before giving up.")
     backoff_s: float = Field(default=2.0, gt=0, description="Delay before the first retry; doubles each time.")
     max_backoff_s: float = Field(default=1800.0, gt=0, description="Longest delay between two attempts.")
+    allow: list[str] = Field(
+        default_factory=list,
+        description="Non-public webhook targets to allow anyway: networks (`10.1.0.0/16`, `127.0.0.1`) and host "
+        "names (`hooks.internal`, `*.corp.example`). Added to the environment's SERVE_APP_OUTBOUND_ALLOW; by "
+        "default only public addresses are reached.",
+    )
 
     def secret(self) -> bytes | None:
         """The signing secret from the environment; raises if the named variable is missing."""
@@ -69,7 +77,7 @@ class QueueSettings(BaseModel):
     owner_aliases: list[str] = Field(
         default_factory=lambda: ["fal-ai"],
         description="Leading path segments accepted and ignored in endpoint ids, so fal-style ids such as "
-        "`fal-ai/sana` reach the service `sana`.",
+        "`fal-ai/my-model` reach the service `my-model`.",
     )
     defaults: ServiceLimits = Field(default_factory=ServiceLimits, description="Limits of every service.")
     services: dict[str, ServiceLimits] = Field(
@@ -101,6 +109,18 @@ class QueueSettings(BaseModel):
     journal_fsync: bool = Field(default=False, description="fsync each journal batch (slower, power-loss safe).")
     rpc_timeout_s: float = Field(default=30.0, gt=0, description="Timeout of one call to the store actor.")
     webhook: WebhookSettings = Field(default_factory=WebhookSettings, description="Webhook delivery.")
+    max_payload_bytes: int = Field(
+        default=16 * 1024 * 1024, ge=1,
+        description="Largest input one job may hold (its JSON); larger submissions get a 413: upload big files "
+        "with POST /files and pass their URL.")
+    max_total_bytes: int = Field(
+        default=1024 * 1024 * 1024, ge=1,
+        description="Bytes of inputs and results the store holds in all; past it submissions get a 429 until "
+        "results expire (`result_ttl_s`). Inputs are dropped as soon as their job completes.")
+    capacity: dict[str, int] = Field(
+        default_factory=dict,
+        description="Filled in by the application builder: each service's max_replicas x max_ongoing_requests, "
+        "the default of its `max_running`.")
 
     @field_validator("route_prefix")
     @classmethod
@@ -112,3 +132,12 @@ class QueueSettings(BaseModel):
     def limits(self, service: str) -> ServiceLimits:
         """The limits that apply to `service`."""
         return self.services.get(service, self.defaults)
+
+    def max_running(self, service: str) -> int:
+        """Jobs of `service` run at once: its own setting, else the defaults', else its deployment's
+        capacity (8 when unknown)."""
+        own = self.services.get(service)
+        for value in (own.max_running if own else None, self.defaults.max_running, self.capacity.get(service)):
+            if value is not None:
+                return value
+        return DEFAULT_MAX_RUNNING

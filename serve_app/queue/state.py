@@ -79,6 +79,9 @@ class Job:
     created_at: float
     webhook_url: str | None = None
     user_id: str = "anonymous"
+    owner: str = ""  # hash of the API key that submitted it ("" with keys off): only it may see the job
+    payload_bytes: int = 0
+    result_bytes: int = 0
     state: JobState = JobState.QUEUED
     attempt: int = 0
     gateway_request_id: str = ""
@@ -146,6 +149,7 @@ class Job:
 
     def _finish(self, status_code: int, result: Any, error_type: str | None, inference_time: float | None,
                 now: float) -> None:
+        self.payload = {}  # never run again: the input's memory goes now, not after `result_ttl_s`
         self.status_code = status_code
         self.result = result
         self.error_type = error_type

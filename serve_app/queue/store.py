@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import re
 import time
@@ -21,6 +22,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from serve_app.errors import ServiceError
 from serve_app.queue.feed import ChangeFeed
 from serve_app.queue.journal import Journal, replay
 from serve_app.queue.messages import (
@@ -28,6 +30,7 @@ from serve_app.queue.messages import (
     Claim,
     JobUpdate,
     Outcome,
+    PayloadTooLarge,
     PollResult,
     QueueFull,
     ResultView,
@@ -36,11 +39,21 @@ from serve_app.queue.messages import (
 from serve_app.queue.queues import ServiceQueues
 from serve_app.queue.settings import QueueSettings
 from serve_app.queue.state import Job, JobState, log_entry
-from serve_app.queue.webhooks import WebhookSender
+from serve_app.queue.webhooks import WebhookRefused, WebhookSender
 
 logger = logging.getLogger("ray.serve")
 
 STORE_NAMESPACE = "serve_app_queue"
+
+
+def _json_size(value: Any) -> int:
+    """Bytes of `value` as compact JSON (what a result costs the store to hold)."""
+    if value is None:
+        return 0
+    try:
+        return len(json.dumps(value, separators=(",", ":")))
+    except (TypeError, ValueError):
+        return 0
 
 
 class JobStore:
@@ -60,6 +73,7 @@ class JobStore:
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._started = False
+        self._bytes = 0  # payload and result bytes held, against `max_total_bytes`
         self.journal: Journal | None = None
         if self.settings.journal_dir is not None:
             safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
@@ -73,6 +87,7 @@ class JobStore:
         for record in sorted(records.values(), key=lambda r: r["created_at"]):
             job = Job.from_record(record)
             self._jobs[job.request_id] = job
+            self._bytes += job.payload_bytes + job.result_bytes
             if job.state == JobState.QUEUED:
                 self._queues.push(job.service, job.request_id)
             elif job.state == JobState.RUNNING and job.worker_id is not None:
@@ -103,7 +118,8 @@ class JobStore:
         and webhook settings stay those the store was created with."""
         new = settings if isinstance(settings, QueueSettings) else QueueSettings.model_validate(settings)
         self.settings = self.settings.model_copy(update={k: getattr(new, k) for k in (
-            "defaults", "services", "retry_after_s", "max_attempts", "worker_lease_s", "result_ttl_s", "max_logs")})
+            "defaults", "services", "retry_after_s", "max_attempts", "worker_lease_s", "result_ttl_s", "max_logs",
+            "max_payload_bytes", "max_total_bytes", "capacity")})
         self._ensure_started()
         self._notify_work()
 
@@ -118,37 +134,67 @@ class JobStore:
 
     # ----------------------------------------------------------------- client API
     async def submit(self, job: Job) -> int:
-        """Queue `job`; returns its queue position. Raises `QueueFull` past `max_queued`."""
+        """Queue `job`; returns its queue position. Raises `QueueFull` past `max_queued` or past
+        `max_total_bytes`, `PayloadTooLarge` past `max_payload_bytes`."""
+        position = self._admit(job)
+        await self._commit()
+        return position
+
+    async def submit_many(self, jobs: list[Job]) -> list[int | ServiceError]:
+        """Queue several jobs with one journal commit (the ingress batches concurrent submissions
+        into one call); each gets its queue position or the error that refused it."""
+        out: list[int | ServiceError] = []
+        for job in jobs:
+            try:
+                out.append(self._admit(job))
+            except ServiceError as exc:
+                out.append(exc)
+        await self._commit()
+        return out
+
+    def _admit(self, job: Job) -> int:
         self._ensure_started()
-        if self._queues.length(job.service) >= self.settings.limits(job.service).max_queued:
+        if job.payload_bytes > self.settings.max_payload_bytes:
+            raise PayloadTooLarge(self.settings.max_payload_bytes)
+        if self._queues.length(job.service) >= self.settings.limits(job.service).max_queued or \
+                self._bytes + job.payload_bytes > self.settings.max_total_bytes:
             raise QueueFull(job.service, self.settings.retry_after_s)
         if job.request_id in self._jobs:
             raise ValueError(f"duplicate request id {job.request_id}")
         self._jobs[job.request_id] = job
+        self._bytes += job.payload_bytes
         position = self._queues.push(job.service, job.request_id)
         self._save(job)
         self._notify_work()
-        await self._commit()
         return position
 
-    async def status(self, request_id: str, with_logs: bool = False) -> dict[str, Any] | None:
-        """fal's status body, or None for an unknown id."""
+    def _visible(self, request_id: str, owner: str | None) -> Job | None:
+        """The job, unless another key submitted it (then it does not exist for this caller, as
+        on fal: 404). `owner` None is the server itself."""
         job = self._jobs.get(request_id)
+        if job is None or (owner is not None and job.owner != owner):
+            return None
+        return job
+
+    async def status(self, request_id: str, with_logs: bool = False, owner: str | None = None,
+                     ) -> dict[str, Any] | None:
+        """fal's status body, or None for an unknown id (or another owner's job)."""
+        job = self._visible(request_id, owner)
         return None if job is None else job.status_view(with_logs, self._position(job))
 
-    async def result(self, request_id: str) -> ResultView | None:
-        """The result URL's answer, or None for an unknown id."""
-        job = self._jobs.get(request_id)
+    async def result(self, request_id: str, owner: str | None = None) -> ResultView | None:
+        """The result URL's answer, or None for an unknown id (or another owner's job)."""
+        job = self._visible(request_id, owner)
         if job is None:
             return None
         if not job.done:
             return ResultView(False, 400, "Request is still in progress")
         return ResultView(True, job.status_code or 500, job.result, job.billable_units)
 
-    async def cancel(self, request_id: str) -> CancelOutcome:
+    async def cancel(self, request_id: str, owner: str | None = None) -> CancelOutcome:
         """Remove a queued job (OK), or ask a running one's runner to stop (CANCELLATION_REQUESTED)."""
         self._ensure_started()
-        job = self._jobs.get(request_id)
+        job = self._visible(request_id, owner)
         if job is None:
             return "NOT_FOUND"
         if job.done:
@@ -171,10 +217,10 @@ class JobStore:
         return "CANCELLATION_REQUESTED"
 
     async def watch(self, request_id: str, version: int, timeout_s: float, event_seq: int = 0,
-                    log_total: int = 0, with_logs: bool = False) -> WatchResult | None:
+                    log_total: int = 0, with_logs: bool = False, owner: str | None = None) -> WatchResult | None:
         """Wait (up to `timeout_s`) until the job changes from `version`, then describe it; events
-        and logs are those after the caller's marks. None for an unknown id."""
-        job = self._jobs.get(request_id)
+        and logs are those after the caller's marks. None for an unknown id (or another owner's)."""
+        job = self._visible(request_id, owner)
         if job is None:
             return None
         if self._feed.version(request_id) == version and not job.done:
@@ -234,6 +280,14 @@ class JobStore:
             self._apply(job, outcome.update)
         self._release_slot(job)
         now = time.time()
+        if outcome.kind == "requeue":
+            job.requeue("The service was busy", now)
+            job.attempt -= 1  # it never ran
+            self._queues.push_front(job.service, job.request_id)
+            self._save(job)
+            self._feed.changed(job.request_id)
+            self._notify_work()
+            return True
         if outcome.kind == "succeeded":
             job.succeed(outcome.body, outcome.billable_units, outcome.inference_time, now)
         elif outcome.kind == "cancelled":
@@ -256,7 +310,7 @@ class JobStore:
         states: dict[str, int] = {}
         for job in self._jobs.values():
             states[job.state.value] = states.get(job.state.value, 0) + 1
-        return {"jobs": states, **self._queues.counts(), "workers": len(self._workers)}
+        return {"jobs": states, **self._queues.counts(), "workers": len(self._workers), "bytes": self._bytes}
 
     # ----------------------------------------------------------------- internals
     def _position(self, job: Job) -> int | None:
@@ -266,7 +320,7 @@ class JobStore:
         result = PollResult(cancel=self._cancels.pop(worker_id, []))
         now = time.time()
         for service in self._queues.services():
-            free = self.settings.limits(service).max_running - self._queues.running(service)
+            free = self.settings.max_running(service) - self._queues.running(service)
             if free <= 0:
                 continue
             for request_id in self._queues.take(service, free):
@@ -319,6 +373,10 @@ class JobStore:
 
     def _finished(self, job: Job) -> None:
         """Bookkeeping common to every terminal transition (the caller commits the journal)."""
+        self._bytes -= job.payload_bytes  # the job dropped its input
+        job.payload_bytes = 0
+        job.result_bytes = _json_size(job.result)
+        self._bytes += job.result_bytes
         self._feed.finished(job.request_id)
         self._save(job)
         self._feed.changed(job.request_id)
@@ -335,7 +393,13 @@ class JobStore:
         job = self._jobs.get(request_id)
         if job is None or job.webhook_done:
             return
-        ok = await self.sender.deliver(job)
+        try:
+            ok = await self.sender.deliver(job)
+        except WebhookRefused as exc:
+            logger.warning("webhook for %s refused by the URL policy: %s", request_id, exc)
+            job.webhook_done = True
+            self._save(job)
+            return
         job.webhook_attempts += 1
         if ok or job.webhook_attempts >= self.settings.webhook.max_attempts:
             job.webhook_done = True
@@ -370,7 +434,9 @@ class JobStore:
                 self.journal.request_compaction(lambda: [j.to_record() for j in self._jobs.values()])
 
     def _forget(self, request_id: str) -> None:
-        self._jobs.pop(request_id, None)
+        job = self._jobs.pop(request_id, None)
+        if job is not None:
+            self._bytes -= job.payload_bytes + job.result_bytes
         self._feed.forget(request_id)
         if self.journal is not None:
             self.journal.delete(request_id)

@@ -21,6 +21,7 @@ import httpx
 
 from serve_app.queue.settings import WebhookSettings
 from serve_app.queue.state import Job, JobState
+from serve_app.urlpolicy import BlockedAddress, GuardedTransport, UrlPolicy
 
 logger = logging.getLogger("ray.serve")
 
@@ -78,26 +79,40 @@ def verify(secret: bytes, headers: Mapping[str, str], body: bytes, now: float | 
     return age <= tolerance_s and hmac.compare_digest(expected, given)
 
 
+class WebhookRefused(Exception):
+    """The webhook's host is not one the URL policy lets the server reach: never retried."""
+
+
 class WebhookSender:
-    """Posts webhook payloads; one call is one attempt."""
+    """Posts webhook payloads; one call is one attempt. Every connection goes through the URL
+    policy (`serve_app.urlpolicy`, plus `settings.allow`), so a webhook can't reach the server's
+    own network; redirects are not followed."""
 
     def __init__(self, settings: WebhookSettings, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.settings = settings
         self.secret = settings.secret()
-        self._client = httpx.AsyncClient(timeout=settings.timeout_s, transport=transport, follow_redirects=False)
+        self.policy = UrlPolicy.from_env(settings.allow)
+        self._client = httpx.AsyncClient(timeout=settings.timeout_s, follow_redirects=False, trust_env=False,
+                                         transport=transport or GuardedTransport(self.policy))
 
     def backoff(self, attempts_done: int) -> float:
         """Seconds to wait before the next attempt after `attempts_done` failed ones."""
         return float(min(self.settings.backoff_s * 2 ** max(attempts_done - 1, 0), self.settings.max_backoff_s))
 
     async def deliver(self, job: Job) -> bool:
-        """One attempt to post `job`'s payload to its webhook; True on a 2xx answer."""
+        """One attempt to post `job`'s payload to its webhook; True on a 2xx answer.
+
+        Raises:
+            WebhookRefused: the URL policy refuses the host (retrying can't help).
+        """
         if job.webhook_url is None:
             return True
         body = json.dumps(webhook_payload(job), separators=(",", ":")).encode()
         headers = signed_headers(self.secret, job.request_id, job.user_id, body, time.time())
         try:
             response = await self._client.post(job.webhook_url, content=body, headers=headers)
+        except BlockedAddress as exc:
+            raise WebhookRefused(str(exc)) from exc
         except httpx.HTTPError as exc:
             logger.warning("webhook for %s to %s failed: %r", job.request_id, job.webhook_url, exc)
             return False

@@ -132,7 +132,8 @@ def queue_app(serve_url: str) -> Iterator[str]:
                 "worker_lease_s": 2.0,
                 "defaults": {"max_running": 2, "max_queued": 100},
                 "services": {"tiny": {"max_running": 1, "max_queued": 2}},
-                "webhook": {"secret_env": "QUEUE_TEST_WEBHOOK_SECRET", "backoff_s": 0.2},
+                # The test's receiver is on loopback, which the URL policy refuses unless allowed.
+                "webhook": {"secret_env": "QUEUE_TEST_WEBHOOK_SECRET", "backoff_s": 0.2, "allow": ["127.0.0.1"]},
             },
         },
         "ingress_deployment": {"health_check_period_s": 1,

@@ -65,9 +65,8 @@ def test_rank_errors_are_raised_with_the_rank_named(ray_cluster: None, loop: asy
         with pytest.raises(RankFailed, match="rank 1"):
             await runner.invoke({"before_collective": True})  # rank 0 is stuck in all_reduce
         assert time.monotonic() - started < 15
-        assert not runner.is_alive()
-        with pytest.raises(RunnerBroken):
-            await runner.check_health()
+        assert runner.is_alive()  # the group was aborted and re-formed in place (issue 21.13)
+        await runner.check_health()
 
     loop.run_until_complete(scenario())
 
@@ -114,6 +113,34 @@ def test_cancel_stops_the_ranks_and_the_runner_stays_usable(ray_cluster: None,
             async for _ in runner.stream({"steps": 400, "step_s": 0.5}, streaming_timeout=0.2):
                 pass
         assert await runner.invoke({"steps": 1}) == {"done": 1}
+        await runner.stop()
+
+    loop.run_until_complete(scenario())
+
+
+def test_typed_events_and_agreed_cancellation(ray_cluster: None, loop: asyncio.AbstractEventLoop) -> None:
+    from serve_app.events import Progress
+    from tests.app.fixtures.workers import StepWorker
+
+    async def scenario() -> None:
+        runner = cpu_runner(StepWorker)
+        await runner.start(timeout=120)
+        events: list[object] = []
+        result = await runner.invoke({"steps": 5}, timeout=60, on_event=events.append)
+        assert result == {"steps": 5, "polls": 5, "lag": 0}  # gloo: the agreement is read at once
+        assert [(e.step, e.total) for e in events if isinstance(e, Progress)] == [(i, 5) for i in range(1, 6)]
+        assert all(isinstance(e, Progress) for e in events)
+        seen: list[object] = []
+        task = asyncio.ensure_future(runner.invoke({"steps": 10_000, "step_s": 0.01}, on_event=seen.append))
+        while not seen:
+            await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        # Every rank raised RequestCancelled at the same step within the grace period (a rank left
+        # behind in a collective would have made the runner kill the group).
+        assert runner.is_alive()
+        assert (await runner.invoke({"steps": 2}, timeout=60))["steps"] == 2
         await runner.stop()
 
     loop.run_until_complete(scenario())

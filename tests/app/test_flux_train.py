@@ -25,11 +25,12 @@ import torch
 from PIL import Image
 from safetensors.torch import load
 
-from deployments.flux_lora import presets
+from components import flux as presets
 from deployments.flux_lora.lora import CHECKPOINT_NAME
 from deployments.flux_lora.synthetic import synthetic_preprocessed
 from deployments.flux_lora.train_worker import FluxLoRATrainWorker
 from serve_app.distributed import DistributedRunner
+from serve_app.events import Partial
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = presets.TINY["transformer"]
@@ -65,7 +66,7 @@ def test_ddp_keeps_the_ranks_identical_on_disjoint_batches(runner: DistributedRu
     assert [r["rank"] for r in ranks] == [0, 1]
     assert ranks[0]["digest"] == ranks[1]["digest"]  # bit-identical adapters after 6 all-reduced steps
     assert not set(ranks[0]["first_indices"]) & set(ranks[1]["first_indices"])
-    assert result["num_steps"] == 6 and result["num_images"] == 8 and not result["cancelled"]
+    assert result["num_steps"] == 6 and result["num_images"] == 8
     assert math.isfinite(result["final_loss"]) and result["checkpoint"][:8]  # safetensors bytes
     again = loop.run_until_complete(runner.invoke(payload, timeout=120))  # a job starts from a fresh adapter
     assert again["debug"][0]["digest"] == ranks[0]["digest"]
@@ -79,8 +80,10 @@ def test_stream_reports_every_few_steps(runner: DistributedRunner, loop: asyncio
                                                 "stream_every": 3}, timeout=120)]
 
     items = loop.run_until_complete(collect())
-    assert [i["step"] for i in items[:-1]] == [1, 3, 6, 7]
-    assert items[1]["progress"] == "3/7" and set(items[1]) == {"step", "loss", "avg_loss", "learning_rate", "progress"}
+    assert all(isinstance(i, Partial) and i.kind == "training" for i in items[:-1])  # typed events, rank 0's
+    assert [i.data.step for i in items[:-1]] == [1, 3, 6, 7]
+    assert items[1].data.progress == "3/7"
+    assert set(items[1].to_json()) == {"type", "step", "loss", "avg_loss", "learning_rate", "progress"}
     assert items[-1]["num_steps"] == 7 and "checkpoint" in items[-1]
 
 
@@ -89,7 +92,7 @@ def test_cancel_mid_training_leaves_the_runner_usable(runner: DistributedRunner,
     async def scenario() -> None:
         stream = runner.stream({"training_data": SMALL, "steps": 100000, "batch_size": 2, "stream_every": 1})
         first = await stream.__anext__()
-        assert first["step"] == 1
+        assert first.data.step == 1
         await stream.aclose()  # the caller went away: every rank stops at its next step
         assert runner.is_alive()
         task = asyncio.ensure_future(runner.invoke({"training_data": SMALL, "steps": 100000, "batch_size": 2}))
@@ -211,6 +214,7 @@ def test_flux_train_preprocesses_then_trains(client: httpx.Client, tmp_path: Pat
     assert kinds.index("preprocessing") < kinds.index("training") and kinds.count("training") >= 11
     out = events[-1]
     assert out["num_steps"] == 100 and "on 3 images" in out["message"]
+    assert out["loras"] == [{"path": out["checkpoint"]["url"], "scale": 1.0}]  # ready for /flux-lora
     r = client.get(out["checkpoint"]["url"])
     assert r.status_code == 200
     assert np.abs(tiny_pipeline_output(r.content, tmp_path) - tiny_pipeline_output(None, tmp_path)).max() > 1e-3

@@ -69,3 +69,28 @@ def test_nccl_errors_dead_ranks_and_cancel(two_gpus: None) -> None:
             await slow.check_health()
 
     asyncio.run(scenario())
+
+
+def test_nccl_typed_events_and_lagged_cancel_agreement(two_gpus: None) -> None:
+    from serve_app.events import Progress
+    from tests.app.fixtures.workers import StepWorker
+
+    async def scenario() -> None:
+        runner = gpu_runner(StepWorker)
+        await runner.start(timeout=300)
+        events: list[object] = []
+        result = await runner.invoke({"steps": 6}, on_event=events.append)
+        assert result == {"steps": 6, "polls": 6, "lag": 2}  # NCCL: read two steps late, after its CUDA event
+        assert [e.step for e in events if isinstance(e, Progress)] == [1, 2, 3, 4, 5, 6]
+        seen: list[object] = []
+        task = asyncio.ensure_future(runner.invoke({"steps": 100_000, "step_s": 0.005}, on_event=seen.append))
+        while len(seen) < 3:
+            await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert runner.is_alive()  # both ranks stopped at the same step
+        assert (await runner.invoke({"steps": 2}))["steps"] == 2
+        await runner.stop()
+
+    asyncio.run(scenario())

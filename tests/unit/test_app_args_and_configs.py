@@ -33,7 +33,7 @@ def test_config_schema_imports_and_args(path: Path) -> None:
         for name, service in args.services.items():
             module = import_service_module(service.module)
             route = module.build(name, service)  # validates the service's own config
-            assert route.endpoints, f"{name} declares no endpoints"
+            assert route.endpoints or route.realtime, f"{name} declares no endpoints"
         build_app(app["args"])  # the whole graph binds (no Ray needed)
 
 
@@ -82,6 +82,6 @@ def test_root_mounting_and_path_clashes() -> None:
 
 def test_scaling_translates_fal_knobs() -> None:
     opts = ScalingConfig(keep_alive=300, min_concurrency=1, max_concurrency=3, max_multiplexing=10).deployment_options()
-    assert opts == {"max_ongoing_requests": 10, "autoscaling_config": {
+    assert opts == {"max_ongoing_requests": 10, "max_queued_requests": 120, "autoscaling_config": {
         "min_replicas": 1, "initial_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 10,
         "downscale_delay_s": 300, "upscale_delay_s": 0.0}}

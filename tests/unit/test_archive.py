@@ -12,6 +12,7 @@ import pytest
 from serve_app.archive import ArchiveLimits, extract_images
 from serve_app.errors import FieldError
 
+FIELD = "images_data_url"
 LIMITS = ArchiveLimits(max_images=10, max_entries=50, max_file_bytes=10_000, max_total_bytes=25_000,
                        max_caption_bytes=200)
 
@@ -26,7 +27,7 @@ def make_zip(members: dict[str, bytes | str], *, compress: int = zipfile.ZIP_DEF
 
 def field_error(data: bytes, limits: ArchiveLimits = LIMITS) -> FieldError:
     with pytest.raises(FieldError) as e:
-        extract_images(data, limits)
+        extract_images(data, limits, FIELD)
     assert e.value.field == "images_data_url"
     assert e.value.detail[0]["loc"] == ["body", "images_data_url"]
     return e.value
@@ -50,7 +51,7 @@ def test_images_nested_folders_sidecars_and_junk() -> None:
         "readme.md": b"#",
         "folder/": b"",
     })
-    images = extract_images(data, LIMITS)
+    images = extract_images(data, LIMITS, FIELD)
     assert [i.name for i in images] == ["b.png", "d.bmp", "e.jpeg", "set/c.webp", "set/one/a.JPG"]
     by_name = {i.name: i for i in images}
     assert by_name["set/one/a.JPG"].caption == "a cat on a sofa"
@@ -60,7 +61,7 @@ def test_images_nested_folders_sidecars_and_junk() -> None:
 
 def test_sidecar_with_utf8_bom_and_windows_separators() -> None:
     data = make_zip({"dir\\x.png": b"p", "dir\\x.txt": "\ufeffcafé au lait".encode()})
-    (image,) = extract_images(data, LIMITS)
+    (image,) = extract_images(data, LIMITS, FIELD)
     assert image.name == "dir/x.png" and image.caption == "café au lait"
 
 
@@ -71,7 +72,7 @@ def test_paths_that_escape_reject_the_archive(name: str) -> None:
 
 
 def test_dot_segments_inside_the_archive_are_fine() -> None:
-    (image,) = extract_images(make_zip({"./a/./b.png": b"x"}), LIMITS)
+    (image,) = extract_images(make_zip({"./a/./b.png": b"x"}), LIMITS, FIELD)
     assert image.name == "a/b.png"
 
 
@@ -84,7 +85,7 @@ def test_symlink_entries_are_skipped() -> None:
         regular = zipfile.ZipInfo("real.png")
         regular.external_attr = (stat.S_IFREG | 0o644) << 16
         zf.writestr(regular, b"img")
-    (image,) = extract_images(buf.getvalue(), LIMITS)
+    (image,) = extract_images(buf.getvalue(), LIMITS, FIELD)
     assert image.name == "real.png"
 
 
@@ -106,7 +107,7 @@ def test_a_member_over_the_per_file_limit() -> None:
 def test_the_total_limit_counts_every_member_read() -> None:
     members = {f"{i}.png": bytes([i]) * 9_000 for i in range(3)}  # each under 10 kB, 27 kB in all
     assert "total limit" in field_error(make_zip(members)).message
-    assert len(extract_images(make_zip(dict(list(members.items())[:2])), LIMITS)) == 2
+    assert len(extract_images(make_zip(dict(list(members.items())[:2])), LIMITS, FIELD)) == 2
 
 
 def _lying_zip(real_size: int) -> bytes:

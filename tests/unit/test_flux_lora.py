@@ -14,7 +14,8 @@ import torch
 from pydantic import ValidationError
 from safetensors import safe_open
 
-from deployments.flux_lora import lora, presets
+from components import flux as presets
+from deployments.flux_lora import lora
 from deployments.flux_lora.synthetic import synthetic_preprocessed, synthetic_tensors
 from deployments.flux_lora.train import FluxTrainConfig, FluxTrainFromPreprocessedInput, FluxTrainInput
 from deployments.flux_lora.training import TrainingParams, TrainingSet, batch_indices, train_loop

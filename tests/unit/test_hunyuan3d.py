@@ -13,8 +13,8 @@ import pytest
 from deployments.hunyuan3d import Hunyuan3DConfig, Hunyuan3DInput, Hunyuan3DService, build
 from serve_app.app import ServiceArgs
 from serve_app.errors import RequestTimeout, ServiceUnavailable, UpstreamError, to_http
+from serve_app.events import Partial
 from serve_app.service import RequestInfo, RunContext
-from serve_app.streaming import Partial
 from tests.fakes.fal_queue import API_KEY, MESH, FalQueueFake
 
 APPLICATION = "fal-ai/hunyuan3d/v2/mini/turbo"

@@ -26,9 +26,9 @@ from deployments.kokoro import (
 )
 from deployments.kokoro.service import VOICES
 from serve_app.errors import FieldError, RequestCancelled
+from serve_app.events import Partial, Progress
 from serve_app.io import File
 from serve_app.service import RunContext
-from serve_app.streaming import Partial, Progress
 
 TINY = {"model": {"preset": "tiny"}, "device": "cpu", "spacy_model": None, "warmup": False}
 

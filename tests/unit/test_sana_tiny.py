@@ -12,8 +12,8 @@ from PIL import Image as PILImage
 
 from deployments.sana import SanaConfig, SanaService, SprintInput, TextToImageInput, billable_units
 from serve_app.errors import FieldError, RequestCancelled
+from serve_app.events import Progress
 from serve_app.service import RunContext
-from serve_app.streaming import Progress
 
 TINY = {"model": {"preset": "tiny"}, "sprint_model": {"preset": "tiny"}, "safety_checker": {"preset": "tiny"},
         "device": "cpu", "complex_human_instruction": False, "warmup": {"enabled": False}}

@@ -11,10 +11,11 @@ import pytest
 from pydantic import BaseModel
 
 from serve_app.endpoints import collect_endpoints, endpoint
+from serve_app.events import Progress
 from serve_app.io import File, Image
 from serve_app.service import RunContext, Service
-from serve_app.storage import DataUrlStore, LocalStore, StorageConfig, make_store, materialize
-from serve_app.streaming import HEARTBEAT, Progress, sse_frame, with_heartbeats
+from serve_app.storage import DataUrlStorage, DataUrlStore, LocalStorage, LocalStore, make_store, materialize
+from serve_app.streaming import HEARTBEAT, sse_frame, with_heartbeats
 
 
 class Out(BaseModel):
@@ -28,7 +29,7 @@ def test_local_store_writes_and_serves_only_its_keys(tmp_path: Path) -> None:
     asyncio.run(materialize({"nested": [out]}, store, "http://host:8000/"))
     for f, data in zip(out.files, (b"one", b"two"), strict=True):
         assert f.url.startswith("http://host:8000/files/") and f.data is None
-        key = f.url.rsplit("/", 1)[1]
+        key = f.url.split("/files/", 1)[1]
         path = store.path_for(key)
         assert path is not None and path.read_bytes() == data
     assert out.files[1].url.endswith(".png")
@@ -43,8 +44,8 @@ def test_data_url_store() -> None:
 
 
 def test_make_store_defaults_to_local(tmp_path: Path) -> None:
-    assert isinstance(make_store(StorageConfig(directory=str(tmp_path))), LocalStore)
-    assert isinstance(make_store(StorageConfig(kind="data_url")), DataUrlStore)
+    assert isinstance(make_store(LocalStorage(directory=str(tmp_path))), LocalStore)
+    assert isinstance(make_store(DataUrlStorage()), DataUrlStore)
 
 
 def test_sse_frame_and_progress_json() -> None:
@@ -109,7 +110,7 @@ def test_stream_endpoint_yields_progress_then_output_and_validates_dicts() -> No
         return [x async for x in Svc().stream_endpoint("root", {"n": 3}, _info())]
 
     items = asyncio.run(run())
-    assert [type(x).__name__ for x in items] == ["Progress", "Progress", "Progress", "Out"]
+    assert [type(x).__name__ for x in items] == ["Progress", "Progress", "Progress", "Output"]
     assert Svc().root({"n": 2}) == Out(files=[])  # direct calls get a context and validation
     with pytest.raises(Exception, match="validation"):
         Svc().root({"n": "many"})
@@ -150,7 +151,7 @@ def test_async_endpoint_streams_partials_and_runs_directly() -> None:
         return [x async for x in AsyncSvc().stream_endpoint("wait", {"n": 2}, _info())]
 
     items = asyncio.run(run())
-    assert [type(x).__name__ for x in items] == ["Partial", "Partial", "Out"]
+    assert [type(x).__name__ for x in items] == ["Partial", "Partial", "Output"]
     first = items[0].to_json()  # type: ignore[attr-defined]
     assert first["type"] == "chunk" and first["index"] == 0 and first["audio"]["content_type"] == "audio/wav"
     assert asyncio.run(AsyncSvc().wait({"n": 1})) == Out(files=[])

@@ -1,0 +1,338 @@
+"""Served vs bare, for every GPU service, side by side in one run.
+
+For each case, with the same inputs and seeds:
+  bare    the library call alone in this process (a diffusers pipeline, the training loop);
+  method  the service's code in this process (its endpoint method, or its ranks through the runner);
+  served  the full HTTP request through Ray Serve, including the download of every output file.
+The parts of the difference are measured on their own (safety checker, encoding, storage, the
+download); what is left is the handle hops and HTTP. `--smoke` runs every case with tiny presets on
+the CPU (the README's test command runs it, so the script can't rot).
+
+Usage: python bench/served_vs_bare.py [--cases sana sprint sdxl sdxl-n xfuser train] [--runs 5]
+       python bench/served_vs_bare.py --smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+@dataclass
+class Row:
+    case: str
+    what: str
+    bare: float
+    method: float | None = None
+    served: float | None = None
+    parts: dict[str, float] = field(default_factory=dict)
+
+
+def sync() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def timed(fn: Callable[[], Any], runs: int) -> float:
+    """Median seconds of `runs` calls after one warm-up."""
+    fn()
+    out = []
+    for _ in range(runs):
+        sync()
+        t = time.perf_counter()
+        fn()
+        sync()
+        out.append(time.perf_counter() - t)
+    return statistics.median(out)
+
+
+def file_urls(value: Any) -> Iterator[str]:
+    if isinstance(value, dict):
+        if isinstance(value.get("url"), str) and "content_type" in value:
+            yield value["url"]
+        for v in value.values():
+            yield from file_urls(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from file_urls(v)
+
+
+class Served:
+    """One Serve app with one service; POSTs a body and downloads every file of the output."""
+
+    def __init__(self, name: str, module: str, config: dict[str, Any], deployment: dict[str, Any],
+                 port: int, files: str) -> None:
+        import httpx
+        from ray import serve
+
+        from serve_app.app import build_app
+
+        app = build_app({"ingress": {"storage": {"kind": "local", "directory": files}},
+                         "services": {name: {"module": module, "config": config, "deployment": deployment}}})
+        serve.run(app, name="bench", route_prefix="/")
+        self.client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=1800)
+        self.download_s: list[float] = []
+
+    def call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        r = self.client.post(path, json=body)
+        r.raise_for_status()
+        out = r.json()
+        for url in file_urls(out):
+            t = time.perf_counter()
+            self.client.get(url).raise_for_status()
+            self.download_s.append(time.perf_counter() - t)
+        return out  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        from ray import serve
+
+        self.client.close()
+        serve.delete("bench")
+
+
+def free() -> None:
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def image_parts(images: Any, safety: Any, store_dir: str, runs: int) -> dict[str, float]:
+    """The serving work around a pipeline's `[N, 3, H, W]` output, each timed on its own."""
+    from serve_app.imaging import encode_images, fit
+    from serve_app.storage import LocalStore
+
+    store = LocalStore(store_dir)
+    h, w = images.shape[-2:]
+    encoded = encode_images(images)
+    parts = {"fit": timed(lambda: fit(images, w, h), runs),
+             "encode": timed(lambda: encode_images(images), runs),
+             "store": timed(lambda: asyncio.run(store.put(encoded[0].read_bytes(), "image/jpeg", None, "http://x/")),
+                            runs)}
+    if safety is not None:
+        parts["safety"] = timed(lambda: safety.apply_tensor(images), runs)
+    return parts
+
+
+def case_sana(args: argparse.Namespace, port: int, files: str, sprint: bool) -> Row:
+    import torch
+
+    from deployments.sana import SanaConfig, SanaService, SprintInput, TextToImageInput
+    from serve_app.service import RunContext
+
+    config = {"model": {"preset": args.preset}, "sprint_model": {"preset": args.preset},
+              "safety_checker": {"preset": args.preset}, "device": args.device, "warmup": {"enabled": False}}
+    size = {"width": args.size, "height": args.size}
+    steps = 2 if sprint else (2 if args.smoke else 18)
+    request = (SprintInput if sprint else TextToImageInput)(prompt="a photo of a cat", image_size=size,
+                                                            num_inference_steps=steps, seed=0)
+    service = SanaService(SanaConfig.model_validate(config))
+    pipe = service.sprint if sprint else service.base
+    extra: dict[str, Any] = {"intermediate_timesteps": 1.3} if sprint else {"negative_prompt": ""}
+
+    def bare(output_type: str = "pil") -> Any:
+        with torch.inference_mode():
+            return pipe(prompt=request.prompt, width=args.size, height=args.size, use_resolution_binning=False,
+                        num_inference_steps=steps, guidance_scale=request.guidance_scale,
+                        generator=torch.Generator(args.device).manual_seed(0), output_type=output_type, **extra)
+
+    method = service.sprint_generate if sprint else service.generate
+    row = Row("sana-sprint" if sprint else "sana", f"{steps} steps, {args.size}²", timed(bare, args.runs),
+              timed(lambda: method(request, RunContext()), args.runs))
+    row.parts = image_parts(bare("pt").images, service.safety, files, args.runs)
+    service = pipe = None  # free the GPU before the served phase
+    free()
+    served = Served("sana", "deployments.sana", config, {"ray_actor_options": {"num_gpus": int(args.gpu)}}, port,
+                    files)
+    path = "/sana/sprint" if sprint else "/sana"
+    row.served = timed(lambda: served.call(path, request.model_dump(mode="json")), args.runs)
+    row.parts["download"] = statistics.median(served.download_s)
+    served.close()
+    return row
+
+
+def case_sdxl(args: argparse.Namespace, port: int, files: str, ranks: int) -> Row:
+    import torch
+
+    from components import sdxl
+    from deployments.parallel_sdxl.service import ParallelSDXLConfig, ParallelSDXLInput, ParallelSDXLService
+    from serve_app.service import RunContext
+
+    steps = 2 if args.smoke else 20
+    dtype = torch.bfloat16 if args.gpu else torch.float32
+    request = ParallelSDXLInput(prompt="an astronaut riding a horse on the moon", width=args.size,
+                                height=args.size, num_inference_steps=steps, seed=0)
+    pipe = sdxl.build_pipeline(args.preset, args.device, dtype)
+
+    def bare() -> Any:
+        with torch.inference_mode():
+            return pipe(prompt=request.prompt, negative_prompt=request.negative_prompt, width=args.size,
+                        height=args.size, num_inference_steps=steps, guidance_scale=request.guidance_scale,
+                        generator=torch.Generator(args.device).manual_seed(0), output_type="pil").images
+
+    row = Row(f"parallel-sdxl x{ranks}", f"{steps} steps CFG, {args.size}², {ranks} image(s)", timed(bare, args.runs))
+    pipe = None
+    free()
+    resources = {"use_gpu": args.gpu, "num_cpus_per_rank": 1 if args.gpu else 0.2, "replica_num_cpus": 0.1,
+                 "stop_grace_s": 5}
+    config = {"model": {"preset": args.preset}, "preview_vae": {"preset": args.preset}, "world_size": ranks,
+              "resources": resources, "warmup": False}
+    method = ParallelSDXLService(ParallelSDXLConfig.model_validate(config))
+    row.method = timed(lambda: asyncio.run(method.generate(request, RunContext())), args.runs)
+    asyncio.run(method.runner.stop())
+    served = Served("parallel-sdxl", "deployments.parallel_sdxl", config, {}, port, files)
+    row.served = timed(lambda: served.call("/parallel-sdxl", request.model_dump(mode="json")), args.runs)
+    row.parts["download"] = statistics.median(served.download_s)
+    served.close()
+    return row
+
+
+def case_xfuser(args: argparse.Namespace, port: int, files: str) -> Row:
+    import torch
+
+    from deployments.xfuser import presets
+
+    steps = 2 if args.smoke else 28
+    dtype = torch.bfloat16 if args.gpu else torch.float32
+    pipe = presets.build_pipeline("sd3", args.preset, args.device, dtype)
+    body = {"prompt": "an astronaut riding a horse on the moon", "height": args.size, "width": args.size,
+            "num_inference_steps": steps, "seed": 0}
+
+    def bare() -> Any:
+        with torch.inference_mode():
+            return pipe(prompt=body["prompt"], negative_prompt="", height=args.size, width=args.size,
+                        num_inference_steps=steps, guidance_scale=7.0, output_type="pil",
+                        generator=torch.Generator(args.device).manual_seed(0)).images
+
+    row = Row("xfuser 1 GPU", f"SD3-medium diffusers backend, {steps} steps, {args.size}²", timed(bare, args.runs))
+    pipe = None
+    free()
+    resources = {"use_gpu": args.gpu, "num_cpus_per_rank": 1 if args.gpu else 0.2, "replica_num_cpus": 0.1,
+                 "stop_grace_s": 5}
+    config = {"model": {"preset": args.preset}, "family": "sd3", "backend": "diffusers", "world_size": 1,
+              "resources": resources, "default_height": args.size, "default_width": args.size,
+              "warmup": {"height": args.size, "width": args.size, "num_inference_steps": 2}}
+    served = Served("xfuser", "deployments.xfuser", config, {}, port, files)
+    inference: list[float] = []
+
+    def call() -> None:
+        inference.append(served.call("/xfuser", body)["timings"]["inference"])
+
+    row.served = timed(call, args.runs)
+    row.method = statistics.median(inference)  # the ranks' own time, as the service reports it
+    row.parts["download"] = statistics.median(served.download_s)
+    served.close()
+    return row
+
+
+def case_train(args: argparse.Namespace) -> Row:
+    """s/step of the trainer: the bare loop in this process vs the service's rank (runner)."""
+    import torch
+
+    from components import flux
+    from deployments.flux_lora.data import decode_preprocessed
+    from deployments.flux_lora.lora import add_lora
+    from deployments.flux_lora.synthetic import synthetic_preprocessed
+    from deployments.flux_lora.train_worker import FluxLoRATrainWorker
+    from deployments.flux_lora.training import TrainingParams, TrainingSet, train_loop
+    from serve_app.distributed import DistributedRunner
+
+    res, batch, steps = (64, 2, 3) if args.smoke else (512, 4, 8)
+    cfg = (flux.FULL if args.preset == "full" else flux.TINY)["transformer"]
+    dtype = torch.bfloat16 if args.gpu else torch.float32
+    data = synthetic_preprocessed(cfg, 2 * batch, res, dtype=dtype)
+    params = TrainingParams(steps=steps, batch_size=batch)
+    transformer = flux.build_transformer(args.preset, args.device, dtype)
+    add_lora(transformer, 16, 16)
+    pre = decode_preprocessed(data)
+    tensors = TrainingSet(latents=pre.latents.to(args.device),
+                          text_embeddings=pre.text_embeddings.to(args.device, dtype),
+                          pooled_embeddings=pre.pooled_embeddings.to(args.device, dtype))
+    result = train_loop(transformer, transformer, tensors, params, dtype=dtype)
+    row = Row("flux-lora train", f"{res}², batch {batch}, rank 16, s/step", statistics.median(result.step_seconds[2:]))
+    del transformer
+    free()
+    runner = DistributedRunner(FluxLoRATrainWorker, 1, use_gpu=args.gpu, num_cpus_per_rank=1 if args.gpu else 0.5)
+    asyncio.run(runner.start(model={"preset": args.preset}, dtype=str(dtype).removeprefix("torch."),
+                             warmup_resolution=None))
+    out = asyncio.run(runner.invoke({"training_data": data, "steps": steps, "batch_size": batch, "debug": True}))
+    asyncio.run(runner.stop())
+    row.method = statistics.median(out["debug"][0]["step_seconds"][2:])
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", nargs="+", default=["sana", "sprint", "sdxl", "sdxl-n", "xfuser", "train"])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--size", type=int, default=1024)
+    parser.add_argument("--smoke", action="store_true", help="tiny presets on the CPU, one run each")
+    parser.add_argument("--json", help="also write the rows to this file")
+    args = parser.parse_args()
+    import ray
+    import torch
+    from ray import serve
+
+    args.gpu = torch.cuda.is_available() and not args.smoke
+    args.device = "cuda" if args.gpu else "cpu"
+    args.preset = "full" if args.gpu else "tiny"
+    if args.smoke:
+        args.runs, args.size = 1, 64
+    gpus = torch.cuda.device_count() if args.gpu else 0
+    ray.init(address="local", num_gpus=gpus, num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False,
+             log_to_driver=False, object_store_memory=300 * 1024**2)
+    port = int(os.environ.get("BENCH_PORT", "8123"))
+    serve.start(http_options={"host": "127.0.0.1", "port": port},
+                logging_config={"log_level": "WARNING", "enable_access_log": False})
+    rows = []
+    with tempfile.TemporaryDirectory() as files:
+        for case in args.cases:
+            if case in ("sana", "sprint"):
+                rows.append(case_sana(args, port, files, sprint=case == "sprint"))
+            elif case == "sdxl":
+                rows.append(case_sdxl(args, port, files, 1))
+            elif case == "sdxl-n" and (gpus > 1 or args.smoke):
+                rows.append(case_sdxl(args, port, files, max(2, gpus)))
+            elif case == "xfuser":
+                rows.append(case_xfuser(args, port, files))
+            elif case == "train":
+                rows.append(case_train(args))
+            print(f"done: {case}", flush=True)
+    serve.shutdown()
+    ray.shutdown()
+    device = torch.cuda.get_device_name(0) if args.gpu else "CPU (tiny presets, smoke)"
+    print(f"\nServed vs bare on {device}; median of {args.runs} after a warm-up; seconds")
+    print(f"{'case':18} {'bare':>8} {'method':>8} {'served':>8} {'served/bare':>11} {'added':>8}  parts (s)")
+    for r in rows:
+        served = r.served if r.served is not None else r.method
+        ratio = f"{served / r.bare:>11.3f}" if served else f"{'-':>11}"
+        added = f"{served - r.bare:>8.4f}" if served else f"{'-':>8}"
+        parts = " ".join(f"{k}={v:.4f}" for k, v in r.parts.items())
+        method = f"{r.method:>8.4f}" if r.method is not None else f"{'-':>8}"
+        srv = f"{r.served:>8.4f}" if r.served is not None else f"{'-':>8}"
+        print(f"{r.case:18} {r.bare:>8.4f} {method} {srv} {ratio} {added}  {r.what}; {parts}")
+    if args.json:
+        Path(args.json).write_text(json.dumps([r.__dict__ for r in rows], indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""HTTP facts every layer that answers HTTP shares: fal's headers and the JSON error response.
+
+Errors become status codes in `errors.to_http`; this module only puts them in a response. The
+ingress and the queue routes both build on it (the queue sits below the ingress, so neither
+imports the other).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+from fastapi.responses import JSONResponse
+
+from serve_app.errors import to_http, unwrap_remote_error
+
+logger = logging.getLogger("ray.serve")
+
+BILLING_HEADER = "x-fal-billable-units"
+# Serve's proxy already answers with `x-request-id` (its own id, or the caller's); ours is fal's.
+REQUEST_ID_HEADER = "x-fal-request-id"
+
+
+def format_units(units: float) -> str:
+    """`x-fal-billable-units` value: an integer when whole, else the shortest float."""
+    return str(int(units)) if float(units).is_integer() else f"{units:g}"
+
+
+def error_response(exc: BaseException, request_id: str) -> JSONResponse:
+    """The JSON error response for any exception (see `errors.to_http`); 5xx are logged."""
+    status, detail = to_http(exc)
+    if status >= 500:
+        logger.error("request %s failed", request_id, exc_info=exc)
+    headers = {BILLING_HEADER: "0", REQUEST_ID_HEADER: request_id}
+    if status in (429, 503):  # shed, not broken: say when to come back
+        headers["Retry-After"] = str(retry_after_s(exc))
+    return JSONResponse({"detail": detail, "request_id": request_id}, status_code=status, headers=headers)
+
+
+def retry_after_s(exc: BaseException) -> int:
+    """Seconds a client should wait before retrying an overloaded service (Serve's own hint when it
+    gives one, else 1)."""
+    cause = unwrap_remote_error(exc)
+    for name in ("retry_after_s",):
+        value = getattr(cause, name, None) or getattr(exc, name, None)
+        if isinstance(value, (int, float)) and value > 0:
+            return max(1, math.ceil(value))
+    return 1

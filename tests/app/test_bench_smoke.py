@@ -1,0 +1,28 @@
+"""The served-vs-bare benchmark runs end to end on CPU with tiny presets (`--smoke`), so it can't rot."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.app.conftest import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_served_vs_bare_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "rows.json"
+    env = {**os.environ, "BENCH_PORT": str(free_port()), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    run = subprocess.run([sys.executable, str(ROOT / "bench" / "served_vs_bare.py"), "--smoke", "--json", str(out)],
+                         capture_output=True, text=True, timeout=1200, env=env, cwd=ROOT)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
+    rows = {r["case"]: r for r in json.loads(out.read_text())}
+    assert set(rows) == {"sana", "sana-sprint", "parallel-sdxl x1", "parallel-sdxl x2", "xfuser 1 GPU",
+                         "flux-lora train"}
+    for row in rows.values():
+        assert row["bare"] > 0 and (row["served"] or row["method"]) > 0
+    assert {"safety", "encode", "store", "download"} <= set(rows["sana-sprint"]["parts"])
+    assert "Served vs bare" in run.stdout
