@@ -1,0 +1,138 @@
+"""Wan 2.1 T2V 1.3B speed on one GPU: seconds per video and peak memory, bare vs service method.
+
+Builds the `full` preset (the published architecture with random weights; bf16, the VAE in float32)
+and times, for the same request and seed:
+  1. bare:    `WanPipeline(...)` to numpy frames, diffusers alone;
+  2. method:  the service method in this process (prompt, scheduler, denoise, decode, MP4 encoding);
+  3. encode:  the MP4 encoding of the bare frames alone (random weights give noise frames, the worst
+              case for H.264; a real video encodes several times faster);
+and, with `--compile`, the method again with the transformer blocks compiled (warm-up compiles).
+Prints a table and the method/bare ratio; `--json PATH` writes the numbers.
+
+    python bench/wan_speed.py                     # GPU: 832x480, 81 frames, 30 steps, bf16
+    python bench/wan_speed.py --compile --runs 2
+    python bench/wan_speed.py --smoke             # CPU, tiny preset, 160x96, 17 frames, 2 steps
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+
+def measure(fn: Callable[[], Any], runs: int, cuda: bool) -> tuple[list[float], float]:
+    """Seconds of each of `runs` calls after one warm-up call, and the peak GPU memory (GiB) of a call."""
+    import torch
+
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    fn()
+    times = []
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    for _ in range(runs):
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0
+    return times, peak
+
+
+def build(args: argparse.Namespace, compile_: bool) -> Any:
+    from deployments.wan import WanConfig, WanService
+
+    async def no_llm(prompt: str, system_prompt: str, max_tokens: int) -> str:
+        raise RuntimeError("the benchmark asks no LLM")
+
+    config = WanConfig.model_validate({
+        "model": {"preset": args.preset}, "device": args.device, "dtype": args.dtype,
+        "landscape": [args.width, args.height], "portrait": [args.height, args.width], "num_frames": args.frames,
+        "warmup_steps": 2, "torch_compile": compile_,
+    })
+    return WanService(config, ask=no_llm)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--smoke", action="store_true", help="CPU, tiny preset, small video: checks the script")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--compile", action="store_true", help="also time the method with torch.compile")
+    parser.add_argument("--json", default=None, help="write the results here")
+    args = parser.parse_args()
+    if args.smoke:
+        args.preset, args.device, args.dtype = "tiny", "cpu", "float32"
+        args.width, args.height, args.frames, args.steps, args.runs = 160, 96, 17, 2, 1
+    else:
+        args.preset, args.device, args.dtype, args.width, args.height, args.frames = \
+            "full", "cuda", "bfloat16", 832, 480, 81
+
+    import torch
+
+    from components import wan
+    from deployments.wan import WanT2VInput
+    from deployments.wan.video import encode_mp4
+    from serve_app.service import RunContext
+
+    cuda = args.device == "cuda"
+    request = WanT2VInput(prompt="a photo of a cat", inference_steps=args.steps, seed=0)
+    rows: dict[str, dict[str, Any]] = {}
+
+    start = time.perf_counter()
+    service = build(args, compile_=False)
+    load_s = time.perf_counter() - start
+    pipe = service.engine.pipe
+    frames: list[Any] = []
+
+    def bare() -> None:
+        pipe.scheduler = wan.make_scheduler(service.engine.base_scheduler, "unipc", 5.0)
+        out = pipe(prompt=request.prompt, negative_prompt=wan.DEFAULT_NEGATIVE_PROMPT, width=args.width,
+                   height=args.height, num_frames=args.frames, num_inference_steps=args.steps, guidance_scale=5.0,
+                   generator=torch.Generator(device=args.device).manual_seed(0), output_type="np")
+        frames[:] = [(out.frames[0] * 255).round().astype("uint8")]
+
+    def method(svc: Any) -> Callable[[], None]:
+        return lambda: asyncio.run(svc.text_to_video(request, RunContext("bench")))
+
+    times, peak = measure(bare, args.runs, cuda)
+    rows["bare"] = {"times": times, "peak_gib": peak}
+    times, peak = measure(method(service), args.runs, cuda)
+    rows["method"] = {"times": times, "peak_gib": peak}
+    times, _ = measure(lambda: encode_mp4(frames[0], 16, service.config.mp4), args.runs, False)
+    rows["encode"] = {"times": times, "peak_gib": 0.0}
+
+    if args.compile:
+        del service, pipe
+        gc.collect()
+        if cuda:
+            torch.cuda.empty_cache()
+        start = time.perf_counter()
+        compiled = build(args, compile_=True)  # its warm-up compiles
+        rows["method_compiled"] = {"load_and_compile_s": time.perf_counter() - start}
+        times, peak = measure(method(compiled), args.runs, cuda)
+        rows["method_compiled"].update(times=times, peak_gib=peak)
+
+    device = torch.cuda.get_device_name(0) if cuda else "CPU"
+    print(f"Wan 2.1 T2V 1.3B, {args.preset} preset, {args.width}x{args.height}, {args.frames} frames, "
+          f"{args.steps} steps, {args.dtype}, {device}; load {load_s:.1f} s; median of {args.runs}")
+    print(f"{'case':<16} {'s / video':>10} {'min':>8} {'peak GiB':>9}")
+    for name, row in rows.items():
+        print(f"{name:<16} {statistics.median(row['times']):>10.2f} {min(row['times']):>8.2f} "
+              f"{row['peak_gib']:>9.1f}")
+    ratio = statistics.median(rows["method"]["times"]) / statistics.median(rows["bare"]["times"])
+    print(f"method / bare: {ratio:.3f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"args": vars(args), "device": device, "load_s": load_s, "rows": rows,
+                       "method_over_bare": ratio}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""The Wan engine: one WanPipeline on one device, denoising with a per-request sampler and decoding
+to uint8 frames. The single-GPU service runs it in-process; with several GPUs every rank runs one,
+its transformer split by context parallelism, and only rank 0 decodes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from components import wan
+from serve_app.models.source import DtypeName, ModelSource, resolve_dtype
+
+# on_step(step, total) -> True to stop the run after this step
+StepHook = Callable[[int, int], None]  # (step, total); raises (RequestCancelled) to stop the run
+
+
+class EngineSpec(BaseModel):
+    """What an engine builds: sent to every rank as a dict."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: ModelSource
+    dtype: DtypeName = "auto"
+    vae_dtype: DtypeName = "float32"
+    ulysses_degree: int = Field(default=1, ge=1)
+    ring_degree: int = Field(default=1, ge=1)
+    attention_backend: str | None = None
+    torch_compile: bool = False
+
+    @property
+    def parallel(self) -> bool:
+        return self.ulysses_degree * self.ring_degree > 1
+
+
+class WanJob(BaseModel):
+    """One video's settings, resolved by the service (sizes, steps, seed, negative prompt)."""
+
+    prompt: str
+    negative_prompt: str
+    width: int
+    height: int
+    num_frames: int
+    num_inference_steps: int
+    guidance_scale: float
+    shift: float
+    sampler: wan.Sampler
+    seed: int
+
+
+class WanEngine:
+    """A WanPipeline on `device` (see the module docstring)."""
+
+    def __init__(self, spec: EngineSpec, device: str) -> None:
+        import torch
+
+        self.spec = spec
+        self.device = device
+        self.dtype = resolve_dtype(spec.dtype, device)
+        self.pipe = wan.pipeline(spec.model, device, self.dtype, resolve_dtype(spec.vae_dtype, device))
+        self.pipe.set_progress_bar_config(disable=True)
+        self.base_scheduler = dict(self.pipe.scheduler.config)
+        transformer = self.pipe.transformer
+        if spec.parallel:
+            wan.enable_context_parallel(transformer, spec.ulysses_degree, spec.ring_degree, spec.attention_backend)
+        elif spec.attention_backend:
+            transformer.set_attention_backend(spec.attention_backend)
+        if spec.torch_compile:
+            transformer.compile_repeated_blocks(fullgraph=True)
+        self._torch = torch
+
+    @property
+    def heads(self) -> int:
+        return int(self.pipe.transformer.config.num_attention_heads)
+
+    def denoise(self, job: WanJob, on_step: StepHook | None = None) -> Any:
+        """The final latents `[1, 16, F', H/8, W/8]`. `on_step(step, total)` runs after every step; what
+        it raises (a cancellation) leaves the pipeline at once, with nothing decoded."""
+        torch = self._torch
+        pipe = self.pipe
+        pipe.scheduler = wan.make_scheduler(self.base_scheduler, job.sampler, job.shift)
+        steps = job.num_inference_steps
+
+        def callback(p: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+            if on_step is not None:
+                on_step(step + 1, steps)
+            return {}
+
+        result = pipe(
+            prompt=job.prompt, negative_prompt=job.negative_prompt, width=job.width, height=job.height,
+            num_frames=job.num_frames, num_inference_steps=steps, guidance_scale=job.guidance_scale,
+            generator=torch.Generator(device=self.device).manual_seed(job.seed), output_type="latent",
+            callback_on_step_end=callback, max_sequence_length=wan.TEXT_LEN,
+        )
+        return result.frames
+
+    def decode(self, latents: Any) -> Any:
+        """uint8 frames `[F, H, W, 3]` (numpy), exactly as WanPipeline's `np` output scaled to 0-255."""
+        torch = self._torch
+        vae = self.pipe.vae
+        with torch.inference_mode():
+            latents = latents.to(vae.device, vae.dtype)
+            mean = torch.tensor(vae.config.latents_mean).view(1, vae.config.z_dim, 1, 1, 1).to(latents)
+            inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, vae.config.z_dim, 1, 1, 1).to(latents)
+            video = vae.decode(latents / inv_std + mean, return_dict=False)[0]  # [1, 3, F, H, W] in [-1, 1]
+            frames = (video[0].permute(1, 2, 3, 0).float() / 2 + 0.5).clamp(0, 1)
+            return (frames * 255).round().to(torch.uint8).cpu().numpy()
+
+    def generate(self, job: WanJob, on_step: StepHook | None = None) -> Any:
+        """Denoise and decode: uint8 frames."""
+        return self.decode(self.denoise(job, on_step))
+
+    def synchronize(self) -> None:
+        """Wait for the device (raises when a CUDA context is broken)."""
+        if self.device.startswith("cuda"):
+            self._torch.cuda.synchronize()
