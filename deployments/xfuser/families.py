@@ -8,9 +8,12 @@ replica's GPUs, and the model must support each kind of parallelism it names:
   splits the attention heads too, so its degree must divide them;
 - CFG parallel runs the conditional and unconditional branches on two GPUs (exact), so only for
   models that use classifier-free guidance.
-SDXL is a UNet: xDiT parallelises it with CFG parallel only. Two combinations xDiT lists are turned
-off here because they did not work with xfuser 0.7 and diffusers 0.42 on the GPUs (`why_not`):
-SD3 with PipeFusion, and HunyuanDiT with anything but CFG parallel.
+SDXL is a UNet: xDiT parallelises it with CFG parallel only. SD3 with PipeFusion and HunyuanDiT with
+Ulysses, Ring or PipeFusion need our fixes to xfuser 0.7 on diffusers 0.42 (`fixes.py`); HunyuanDiT's
+long skip connections pair PipeFusion stage i with stage N-1-i, so its PipeFusion degree is 2 or 4.
+
+The `native` backend is diffusers' own context parallelism (Ulysses and Ring only), for the models
+whose transformer declares a context-parallel plan (Flux here).
 
 Everything here is plain Python: config validation runs (and is tested) without xfuser or a GPU.
 """
@@ -45,28 +48,26 @@ class Family:
     max_sequence_length: int | None = None  # T5 tokens (passed to pipelines that take it)
     min_steps: int = 1  # PixArt's pipelines treat 1 step as a one-step (DMD) scheduler
     why_not: str = ""  # why a kind of parallelism xDiT lists is turned off here (measured)
+    pipefusion_degrees: tuple[int, ...] = ()  # the PipeFusion degrees that work, when not all do
+    native_cp: bool = False  # diffusers' native context parallelism has a plan for this transformer
 
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
-    Family("sd3", "StableDiffusion3Pipeline", "xFuserStableDiffusion3Pipeline", False, True, True, True,
+    Family("sd3", "StableDiffusion3Pipeline", "xFuserStableDiffusion3Pipeline", True, True, True, True,
            heads=24, patch_size=2, default_steps=28, default_guidance=7.0,
-           hub_names=("stable-diffusion-3-medium-diffusers",), max_sequence_length=256,
-           why_not="xfuser 0.7's SD3 PipeFusion attention fails on diffusers 0.42 (its KV cache mixes "
-           "[B, S, H, D] and [B, S, H*D] shapes)"),
+           hub_names=("stable-diffusion-3-medium-diffusers",), max_sequence_length=256),
     Family("flux", "FluxPipeline", "xFuserFluxPipeline", True, True, False, False,
            heads=24, patch_size=2, default_steps=28, default_guidance=3.5,
-           hub_names=("FLUX.1-dev", "FLUX.1-schnell"), max_sequence_length=512),
+           hub_names=("FLUX.1-dev", "FLUX.1-schnell"), max_sequence_length=512, native_cp=True),
     Family("pixart_alpha", "PixArtAlphaPipeline", "xFuserPixArtAlphaPipeline", True, True, True, True,
            heads=16, patch_size=2, default_steps=20, default_guidance=4.5,
            hub_names=("PixArt-XL-2-1024-MS", "PixArt-XL-2-512x512"), max_sequence_length=120, min_steps=2),
     Family("pixart_sigma", "PixArtSigmaPipeline", "xFuserPixArtSigmaPipeline", True, True, True, True,
            heads=16, patch_size=2, default_steps=20, default_guidance=4.5,
            hub_names=("PixArt-Sigma-XL-2-1024-MS", "PixArt-Sigma-XL-2-2K-MS"), max_sequence_length=300, min_steps=2),
-    Family("hunyuandit", "HunyuanDiTPipeline", "xFuserHunyuanDiTPipeline", False, False, True, True,
+    Family("hunyuandit", "HunyuanDiTPipeline", "xFuserHunyuanDiTPipeline", True, True, True, True,
            heads=16, patch_size=2, default_steps=50, default_guidance=5.0,
-           hub_names=("HunyuanDiT-v1.2-Diffusers", "HunyuanDiT-v1.1-Diffusers"),
-           why_not="with xfuser 0.7 and diffusers 0.42, HunyuanDiT's Ulysses, Ring and PipeFusion images are "
-           "as far from the single-GPU image as an unrelated seed's"),
+           hub_names=("HunyuanDiT-v1.2-Diffusers", "HunyuanDiT-v1.1-Diffusers"), pipefusion_degrees=(2, 4)),
     Family("sdxl", "StableDiffusionXLPipeline", "xFuserStableDiffusionXLPipeline", False, False, True, True,
            heads=0, patch_size=1, default_steps=30, default_guidance=5.0,
            hub_names=("stable-diffusion-xl-base-1.0",)),
@@ -148,15 +149,24 @@ def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
-def _problems(family: Family, layout: Layout, world_size: int, heads: int) -> list[str]:
+def _problems(family: Family, layout: Layout, world_size: int, heads: int, native: bool = False) -> list[str]:
     out = []
     if layout.gpus != world_size:
         out.append(f"{layout.describe()} uses {layout.gpus} GPU(s) but the service has world_size={world_size}")
+    if native:
+        if not family.native_cp:
+            out.append(f"backend native (diffusers context parallelism) has no plan for {family.name}; use xfuser")
+        if layout.pp > 1 or layout.cfg > 1:
+            out.append("backend native splits the sequence only (ulysses/ring): no PipeFusion, no CFG parallel")
     if layout.cfg > 1 and not family.cfg_parallel:
         out.append(f"{family.name} has no classifier-free guidance to split (use_cfg_parallel must be off)")
     why = f" ({family.why_not})" if family.why_not else ""
     if layout.pp > 1 and not family.pipefusion:
         out.append(f"{family.name} does not support PipeFusion{why}")
+    if layout.pp > 1 and family.pipefusion_degrees and layout.pp not in family.pipefusion_degrees:
+        out.append(f"{family.name}'s PipeFusion degree must be one of {', '.join(map(str, family.pipefusion_degrees))} "
+                   "(its long skip connections pair stage i with stage N-1-i, so the stages must split the "
+                   "blocks evenly: 40 in the released model, 4 in the tiny preset)")
     if layout.sp > 1 and not family.sequence_parallel:
         out.append(f"{family.name} does not support sequence parallelism (ulysses/ring){why}")
     if layout.ulysses > 1 and heads and heads % layout.ulysses:
@@ -166,8 +176,11 @@ def _problems(family: Family, layout: Layout, world_size: int, heads: int) -> li
     return out
 
 
-def valid_layouts(family: Family, world_size: int, heads: int) -> list[Layout]:
-    """Every layout of `world_size` GPUs the family supports (CFG parallel first, then Ulysses)."""
+def valid_layouts(family: Family, world_size: int, heads: int, native: bool = False) -> list[Layout]:
+    """Every layout of `world_size` GPUs the family supports (CFG parallel first, then Ulysses).
+
+    `native`: the layouts diffusers' own context parallelism can run (Ulysses x Ring).
+    """
     found = []
     for cfg, pp, ulysses in itertools.product((True, False), _divisors(world_size), _divisors(world_size)):
         rest = world_size // pp // ulysses // (2 if cfg else 1)
@@ -175,26 +188,28 @@ def valid_layouts(family: Family, world_size: int, heads: int) -> list[Layout]:
             continue
         layout = Layout(pipefusion_parallel_degree=pp, ulysses_degree=ulysses, ring_degree=rest,
                         use_cfg_parallel=cfg)
-        if not _problems(family, layout, world_size, heads):
+        if not _problems(family, layout, world_size, heads, native):
             found.append(layout)
     found.sort(key=lambda lay: (-lay.cfg, lay.pp, -lay.ulysses))
     return found
 
 
-def auto_layout(family: Family, world_size: int, heads: int) -> Layout:
+def auto_layout(family: Family, world_size: int, heads: int, native: bool = False) -> Layout:
     """CFG parallel when the model uses guidance, then as much Ulysses as the heads allow, Ring for
     the rest; PipeFusion only when nothing else fits (it approximates)."""
-    options = valid_layouts(family, world_size, heads)
+    options = valid_layouts(family, world_size, heads, native)
     if not options:
-        raise ValueError(f"{family.name} cannot be split over {world_size} GPUs by xDiT"
+        raise ValueError(f"{family.name} cannot be split over {world_size} GPUs by "
+                         + ("diffusers' context parallelism" if native else "xDiT")
                          + (" (SDXL: CFG parallel on exactly 2 GPUs)" if family.name == "sdxl" else ""))
     exact = [lay for lay in options if lay.pp == 1]
     return (exact or options)[0]
 
 
-def resolve_layout(family: Family, layout: Layout, world_size: int, heads: int) -> Layout:
+def resolve_layout(family: Family, layout: Layout, world_size: int, heads: int, native: bool = False) -> Layout:
     """The layout to run: `layout` checked against the family and GPUs, or an automatic one.
 
+    `native`: for diffusers' own context parallelism instead of xDiT.
     Raises ValueError saying what is wrong and which layouts would work.
     """
     if world_size == 1:
@@ -202,10 +217,10 @@ def resolve_layout(family: Family, layout: Layout, world_size: int, heads: int) 
             raise ValueError(f"{layout.describe()} needs {layout.gpus} GPUs but world_size=1")
         return SINGLE
     if layout.is_auto:
-        return auto_layout(family, world_size, heads)
-    problems = _problems(family, layout, world_size, heads)
+        return auto_layout(family, world_size, heads, native)
+    problems = _problems(family, layout, world_size, heads, native)
     if problems:
-        options = valid_layouts(family, world_size, heads)
+        options = valid_layouts(family, world_size, heads, native)
         hint = ("; layouts that work: " + ", ".join(lay.describe() for lay in options)) if options else (
             f"; {family.name} cannot use {world_size} GPUs")
         raise ValueError(f"invalid parallel layout for {family.name}: " + "; ".join(problems) + hint)

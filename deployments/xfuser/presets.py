@@ -21,45 +21,25 @@ The caller seeds the RNG (`serve_app.models.source.build_or_load` does); nothing
 
 from __future__ import annotations
 
-import string
 from typing import Any
 
+from components import flux
+from components.text_encoders import (
+    CLIP_G,
+    CLIP_L,
+    T5_XXL,
+    TINY_CLIP,
+    TINY_T5,
+    bert_model,
+    clip_text_model,
+    t5_encoder,
+)
+from components.tokenizers import bert_tokenizer, clip_tokenizer, t5_tokenizer
+from components.vaes import SD3_VAE, SD_VAE, TINY_VAE, autoencoder_kl
 from serve_app.models.source import build_on
-from components.tokenizers import WORDS, clip_tokenizer, t5_tokenizer
 
 FAMILIES = ("sd3", "flux", "pixart_alpha", "pixart_sigma", "hunyuandit")
 PRESETS = ("tiny", "full")
-
-# ---------------------------------------------------------------------------------------------
-# Shared tiny pieces: a 4-level VAE with 8x downsampling, 2-layer text encoders.
-
-_TINY_VAE: dict[str, Any] = {
-    "in_channels": 3, "out_channels": 3, "block_out_channels": (4, 4, 4, 4),
-    "down_block_types": ("DownEncoderBlock2D",) * 4, "up_block_types": ("UpDecoderBlock2D",) * 4,
-    "layers_per_block": 1, "norm_num_groups": 1, "sample_size": 256,
-}
-_TINY_CLIP: dict[str, Any] = {"hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4,
-                              "num_hidden_layers": 2, "projection_dim": 32, "hidden_act": "gelu",
-                              "max_position_embeddings": 77}
-_TINY_T5: dict[str, Any] = {"d_model": 32, "d_ff": 37, "d_kv": 8, "num_layers": 2, "num_heads": 4,
-                            "relative_attention_num_buckets": 8, "feed_forward_proj": "gated-gelu"}
-
-# Shared full pieces.
-_SD_VAE: dict[str, Any] = {  # the SD / SDXL AutoencoderKL: 4 latent channels, 8x
-    "in_channels": 3, "out_channels": 3, "latent_channels": 4, "block_out_channels": (128, 256, 512, 512),
-    "down_block_types": ("DownEncoderBlock2D",) * 4, "up_block_types": ("UpDecoderBlock2D",) * 4,
-    "layers_per_block": 2, "norm_num_groups": 32,
-}
-_CLIP_L: dict[str, Any] = {"hidden_size": 768, "intermediate_size": 3072, "num_attention_heads": 12,  # ViT-L/14
-                           "num_hidden_layers": 12, "projection_dim": 768, "hidden_act": "quick_gelu",
-                           "max_position_embeddings": 77, "vocab_size": 49408}
-_CLIP_G: dict[str, Any] = {"hidden_size": 1280, "intermediate_size": 5120, "num_attention_heads": 20,  # OpenCLIP bigG
-                           "num_hidden_layers": 32, "projection_dim": 1280, "hidden_act": "gelu",
-                           "max_position_embeddings": 77, "vocab_size": 49408}
-_T5_XXL: dict[str, Any] = {"d_model": 4096, "d_ff": 10240, "d_kv": 64, "num_layers": 24, "num_heads": 64,  # v1.1
-                           "relative_attention_num_buckets": 32, "relative_attention_max_distance": 128,
-                           "feed_forward_proj": "gated-gelu", "vocab_size": 32128, "dense_act_fn": "gelu_new",
-                           "is_gated_act": True}
 
 # ---------------------------------------------------------------------------------------------
 # Stable Diffusion 3 (medium): MMDiT, 16-channel VAE, CLIP-L + OpenCLIP bigG + T5-XXL.
@@ -71,11 +51,11 @@ SD3_TINY: dict[str, dict[str, Any]] = {
         "caption_projection_dim": 32, "pooled_projection_dim": 64,  # inner dim; 32 + 32 CLIP projections
         "pos_embed_max_size": 64,  # 64 patches: up to 1024 px
     },
-    "vae": {**_TINY_VAE, "latent_channels": 16, "use_quant_conv": False, "use_post_quant_conv": False,
+    "vae": {**TINY_VAE, "latent_channels": 16, "use_quant_conv": False, "use_post_quant_conv": False,
             "scaling_factor": 1.5305, "shift_factor": 0.0609},
-    "text_encoder": _TINY_CLIP,
-    "text_encoder_2": _TINY_CLIP,
-    "text_encoder_3": {**_TINY_T5, "d_model": 64, "d_kv": 16},
+    "text_encoder": TINY_CLIP,
+    "text_encoder_2": TINY_CLIP,
+    "text_encoder_3": {**TINY_T5, "d_model": 64, "d_kv": 16},
 }
 
 SD3_FULL: dict[str, dict[str, Any]] = {  # stabilityai/stable-diffusion-3-medium-diffusers
@@ -84,17 +64,16 @@ SD3_FULL: dict[str, dict[str, Any]] = {  # stabilityai/stable-diffusion-3-medium
         "attention_head_dim": 64, "num_attention_heads": 24, "joint_attention_dim": 4096,
         "caption_projection_dim": 1536, "pooled_projection_dim": 2048, "pos_embed_max_size": 192,
     },
-    "vae": {**_SD_VAE, "latent_channels": 16, "sample_size": 1024, "use_quant_conv": False,
-            "use_post_quant_conv": False, "scaling_factor": 1.5305, "shift_factor": 0.0609, "force_upcast": True},
-    "text_encoder": _CLIP_L,
-    "text_encoder_2": _CLIP_G,
-    "text_encoder_3": _T5_XXL,
+    "vae": SD3_VAE,
+    "text_encoder": CLIP_L,
+    "text_encoder_2": CLIP_G,
+    "text_encoder_3": T5_XXL,
 }
 
 SD3_SCHEDULER: dict[str, Any] = {"num_train_timesteps": 1000, "shift": 3.0}  # FlowMatchEulerDiscreteScheduler
 
 # ---------------------------------------------------------------------------------------------
-# FLUX.1-dev: `full`, the VAE and the text encoders are deployments.flux_lora's; the tiny
+# FLUX.1-dev: `full`, the VAE and the text encoders are components.flux's; the tiny
 # transformer is wider (4 heads) and deeper (2 double + 2 single-stream blocks) than that one.
 
 FLUX_TINY_TRANSFORMER: dict[str, Any] = {
@@ -123,24 +102,24 @@ _PIXART_FULL_TRANSFORMER: dict[str, Any] = {
 
 PIXART_ALPHA_TINY: dict[str, dict[str, Any]] = {
     "transformer": _PIXART_TINY_TRANSFORMER,
-    "vae": {**_TINY_VAE, "latent_channels": 4, "scaling_factor": 0.18215},
-    "text_encoder": _TINY_T5,
+    "vae": {**TINY_VAE, "latent_channels": 4, "scaling_factor": 0.18215},
+    "text_encoder": TINY_T5,
 }
 PIXART_ALPHA_FULL: dict[str, dict[str, Any]] = {  # PixArt-alpha/PixArt-XL-2-1024-MS
     # sample_size 128: resolution and aspect-ratio micro-conditions on (as the pipeline passes them)
     "transformer": {**_PIXART_FULL_TRANSFORMER, "use_additional_conditions": True},
-    "vae": {**_SD_VAE, "sample_size": 256, "scaling_factor": 0.18215},  # sd-vae-ft-ema
-    "text_encoder": _T5_XXL,
+    "vae": {**SD_VAE, "sample_size": 256, "scaling_factor": 0.18215},  # sd-vae-ft-ema
+    "text_encoder": T5_XXL,
 }
 PIXART_SIGMA_TINY: dict[str, dict[str, Any]] = {
     "transformer": _PIXART_TINY_TRANSFORMER,
-    "vae": {**_TINY_VAE, "latent_channels": 4, "scaling_factor": 0.13025},
-    "text_encoder": _TINY_T5,
+    "vae": {**TINY_VAE, "latent_channels": 4, "scaling_factor": 0.13025},
+    "text_encoder": TINY_T5,
 }
 PIXART_SIGMA_FULL: dict[str, dict[str, Any]] = {  # PixArt-alpha/PixArt-Sigma-XL-2-1024-MS
     "transformer": {**_PIXART_FULL_TRANSFORMER, "use_additional_conditions": False},
-    "vae": {**_SD_VAE, "sample_size": 1024, "scaling_factor": 0.13025, "force_upcast": True},  # SDXL's VAE
-    "text_encoder": _T5_XXL,
+    "vae": {**SD_VAE, "sample_size": 1024, "scaling_factor": 0.13025, "force_upcast": True},  # SDXL's VAE
+    "text_encoder": T5_XXL,
 }
 
 # Both ship diffusers' DPMSolverMultistepScheduler defaults (the conversion scripts build it bare).
@@ -163,10 +142,10 @@ HUNYUANDIT_TINY: dict[str, dict[str, Any]] = {
         "pooled_projection_dim": 32, "text_len": 77, "text_len_t5": 256,  # the pipeline's tokenizer lengths
         "use_style_cond_and_image_meta_size": False,
     },
-    "vae": {**_TINY_VAE, "latent_channels": 4, "scaling_factor": 0.13025},
+    "vae": {**TINY_VAE, "latent_channels": 4, "scaling_factor": 0.13025},
     "text_encoder": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 37,
                      "max_position_embeddings": 512, "type_vocab_size": 2},
-    "text_encoder_2": _TINY_T5,
+    "text_encoder_2": TINY_T5,
 }
 
 HUNYUANDIT_FULL: dict[str, dict[str, Any]] = {  # Tencent-Hunyuan/HunyuanDiT-v1.2-Diffusers
@@ -177,7 +156,7 @@ HUNYUANDIT_FULL: dict[str, dict[str, Any]] = {  # Tencent-Hunyuan/HunyuanDiT-v1.
         "cross_attention_dim_t5": 2048, "pooled_projection_dim": 1024, "text_len": 77, "text_len_t5": 256,
         "use_style_cond_and_image_meta_size": False,
     },
-    "vae": {**_SD_VAE, "sample_size": 512, "scaling_factor": 0.13025},  # SDXL's VAE (fp16 fix)
+    "vae": {**SD_VAE, "sample_size": 512, "scaling_factor": 0.13025},  # SDXL's VAE (fp16 fix)
     "text_encoder": {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16,  # Chinese CLIP text
                      "intermediate_size": 4096, "hidden_act": "gelu", "max_position_embeddings": 512,
                      "type_vocab_size": 2, "vocab_size": 47020},
@@ -195,15 +174,13 @@ HUNYUANDIT_SCHEDULER: dict[str, Any] = {  # v1.2's DDPMScheduler (v1.1 had beta_
 
 
 def configs(family: str, preset: str) -> dict[str, dict[str, Any]]:
-    """The component configs of a family's preset (Flux's VAE and text encoders are flux_lora's)."""
+    """The component configs of a family's preset (Flux's VAE and text encoders are components.flux's)."""
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; available: {list(FAMILIES)}")
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; available: {list(PRESETS)}")
     tiny = preset == "tiny"
     if family == "flux":
-        from deployments.flux_lora import presets as flux
-
         return {**flux.TINY, "transformer": FLUX_TINY_TRANSFORMER} if tiny else flux.FULL
     return {
         "sd3": (SD3_TINY, SD3_FULL),
@@ -213,81 +190,25 @@ def configs(family: str, preset: str) -> dict[str, dict[str, Any]]:
     }[family][0 if tiny else 1]
 
 
-def bert_tokenizer() -> Any:
-    """A BERT WordPiece tokenizer built in memory: the corpus words, then single characters (and
-    their `##` continuations) so any ASCII text tokenizes; 77 max length, as HunyuanDiT's."""
-    from transformers import BertTokenizer
-
-    vocab = {tok: i for i, tok in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])}
-    chars = string.ascii_lowercase + string.digits + string.punctuation
-    for tok in [*WORDS, *chars, *("##" + c for c in chars)]:
-        vocab.setdefault(tok, len(vocab))
-    return BertTokenizer(vocab=vocab, model_max_length=77)
-
-
-def _clip(config: dict[str, Any], tokenizer: Any) -> Any:
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
-
-    return CLIPTextModelWithProjection(CLIPTextConfig(**{
-        **config, "vocab_size": max(config.get("vocab_size", 0), len(tokenizer)),
-        "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
-        "pad_token_id": tokenizer.pad_token_id or 0,
-    }))
-
-
-def _t5(config: dict[str, Any], tokenizer: Any) -> Any:
-    from transformers import T5Config, T5EncoderModel
-
-    return T5EncoderModel(T5Config(**{
-        **config, "vocab_size": max(config.get("vocab_size", 0), len(tokenizer)),
-        "pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id,
-        "decoder_start_token_id": tokenizer.pad_token_id,
-    }))
-
-
-def _bert(config: dict[str, Any], tokenizer: Any) -> Any:
-    from transformers import BertConfig, BertModel
-
-    return BertModel(BertConfig(**{
-        **config, "vocab_size": max(config.get("vocab_size", 0), len(tokenizer)),
-        "pad_token_id": tokenizer.pad_token_id,
-    }))
-
-
-def _vae(config: dict[str, Any]) -> Any:
-    from diffusers import AutoencoderKL
-
-    return AutoencoderKL(**config)
-
-
 def _sd3(cfg: dict[str, dict[str, Any]], device: str, dtype: Any) -> Any:
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
 
     tokenizer, tokenizer_2, tokenizer_3 = clip_tokenizer(), clip_tokenizer(), t5_tokenizer()
     with build_on(device, dtype):
         transformer: Any = SD3Transformer2DModel(**cfg["transformer"])
-        vae = _vae(cfg["vae"])
-        text_encoder = _clip(cfg["text_encoder"], tokenizer)
-        text_encoder_2 = _clip(cfg["text_encoder_2"], tokenizer_2)
-        text_encoder_3 = _t5(cfg["text_encoder_3"], tokenizer_3)
+        vae = autoencoder_kl(cfg["vae"])
+        text_encoder = clip_text_model(cfg["text_encoder"], tokenizer)
+        text_encoder_2 = clip_text_model(cfg["text_encoder_2"], tokenizer_2)
+        text_encoder_3 = t5_encoder(cfg["text_encoder_3"], tokenizer_3)
     return StableDiffusion3Pipeline(
-        transformer=transformer.eval(), scheduler=FlowMatchEulerDiscreteScheduler(**SD3_SCHEDULER), vae=vae.eval(),
+        transformer=transformer.eval(), scheduler=FlowMatchEulerDiscreteScheduler(**SD3_SCHEDULER), vae=vae,
         text_encoder=text_encoder.eval(), tokenizer=tokenizer, text_encoder_2=text_encoder_2.eval(),
         tokenizer_2=tokenizer_2, text_encoder_3=text_encoder_3.eval(), tokenizer_3=tokenizer_3,
     )
 
 
 def _flux(cfg: dict[str, dict[str, Any]], preset: str, device: str, dtype: Any) -> Any:
-    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-
-    from deployments.flux_lora import presets as flux
-
-    with build_on(device, dtype):
-        transformer: Any = FluxTransformer2DModel(**cfg["transformer"])
-    return FluxPipeline(
-        transformer=transformer.eval(), vae=flux.build_vae(preset, device, dtype),
-        scheduler=FlowMatchEulerDiscreteScheduler(**flux.SCHEDULER), **flux.build_text_encoders(preset, device, dtype),
-    )
+    return flux.build_pipeline(preset, device, dtype, transformer=cfg["transformer"])
 
 
 def _pixart(family: str, cfg: dict[str, dict[str, Any]], device: str, dtype: Any) -> Any:
@@ -301,11 +222,11 @@ def _pixart(family: str, cfg: dict[str, dict[str, Any]], device: str, dtype: Any
     tokenizer = t5_tokenizer()
     with build_on(device, dtype):
         transformer: Any = PixArtTransformer2DModel(**cfg["transformer"])
-        vae = _vae(cfg["vae"])
-        text_encoder = _t5(cfg["text_encoder"], tokenizer)
+        vae = autoencoder_kl(cfg["vae"])
+        text_encoder = t5_encoder(cfg["text_encoder"], tokenizer)
     cls = PixArtAlphaPipeline if family == "pixart_alpha" else PixArtSigmaPipeline
     return cls(
-        tokenizer=tokenizer, text_encoder=text_encoder.eval(), vae=vae.eval(), transformer=transformer.eval(),
+        tokenizer=tokenizer, text_encoder=text_encoder.eval(), vae=vae, transformer=transformer.eval(),
         scheduler=DPMSolverMultistepScheduler(**PIXART_SCHEDULER),
     )
 
@@ -316,11 +237,11 @@ def _hunyuandit(cfg: dict[str, dict[str, Any]], device: str, dtype: Any) -> Any:
     tokenizer, tokenizer_2 = bert_tokenizer(), t5_tokenizer()
     with build_on(device, dtype):
         transformer: Any = HunyuanDiT2DModel(**cfg["transformer"])
-        vae = _vae(cfg["vae"])
-        text_encoder = _bert(cfg["text_encoder"], tokenizer)
-        text_encoder_2 = _t5(cfg["text_encoder_2"], tokenizer_2)
+        vae = autoencoder_kl(cfg["vae"])
+        text_encoder = bert_model(cfg["text_encoder"], tokenizer)
+        text_encoder_2 = t5_encoder(cfg["text_encoder_2"], tokenizer_2)
     return HunyuanDiTPipeline(
-        vae=vae.eval(), text_encoder=text_encoder.eval(), tokenizer=tokenizer, transformer=transformer.eval(),
+        vae=vae, text_encoder=text_encoder.eval(), tokenizer=tokenizer, transformer=transformer.eval(),
         scheduler=DDPMScheduler(**HUNYUANDIT_SCHEDULER), safety_checker=None, feature_extractor=None,
         requires_safety_checker=False, text_encoder_2=text_encoder_2.eval(), tokenizer_2=tokenizer_2,
     )

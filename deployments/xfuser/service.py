@@ -12,13 +12,15 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from deployments.xfuser.engine import Backend, EngineSpec, WarmupSpec
 from deployments.xfuser.families import (
     FAMILIES,
     SINGLE,
+    Family,
     FamilyName,
     Layout,
     family_of,
@@ -26,17 +28,21 @@ from deployments.xfuser.families import (
     resolve_layout,
     size_multiple,
 )
-from deployments.xfuser.worker import EngineSpec, WarmupSpec
+from deployments.xfuser.native import DIFFUSERS_ATTENTION, check_native_attention
+from deployments.xfuser.speed import CompileSpec
 from serve_app.distributed import RankResources
 from serve_app.distributed.service import DistributedService
 from serve_app.endpoints import endpoint
-from serve_app.errors import FieldError, RequestCancelled
+from serve_app.errors import FieldError
 from serve_app.io import Image, ImageFormat
+from serve_app.limits import MAX_PROMPT_CHARS
 from serve_app.models.source import DtypeName, ModelSource
 from serve_app.service import RunContext
 
 logger = logging.getLogger("ray.serve")
 SD3_MEDIUM_ID = "stabilityai/stable-diffusion-3-medium-diffusers"
+# xfuser 0.7's attention backends that run on NVIDIA GPUs without extra packages (`AttentionBackendType`)
+XFUSER_ATTENTION = ("SDPA", "SDPA_MATH", "SDPA_EFFICIENT", "SDPA_FLASH", "CUDNN", "FLASH", "FLASH_3", "FLASH_4")
 MAX_SIDE = 2048
 
 
@@ -52,18 +58,25 @@ class XFuserConfig(BaseModel):
     world_size: int = Field(default=2, ge=1, le=8, description="GPUs per replica (ranks).")
     parallel: Layout = Field(default_factory=Layout,
                              description="xDiT degrees; their product must be world_size. Unset: automatic.")
-    backend: Literal["xfuser", "diffusers"] = Field(
-        default="xfuser", description="xfuser (model parallel), or plain diffusers on every rank (the "
-        "single-GPU baseline, and the CPU stand-in where xfuser cannot run).")
+    backend: Backend = Field(
+        default="xfuser", description="xfuser (xDiT's model parallelism); native (diffusers' own context "
+        "parallelism, Ulysses/Ring, Flux); or diffusers (the plain pipeline on every rank: the single-GPU "
+        "baseline, and the CPU stand-in where xfuser cannot run).")
     resources: RankResources = Field(default_factory=RankResources, description="Per-rank resources.")
     dtype: DtypeName = Field(default="auto", description="auto = bfloat16 on CUDA (xfuser needs 16-bit), "
                              "float32 on CPU.")
     use_torch_compile: bool = Field(default=False, description="torch.compile the transformer (warm up first: "
                                     "the first call compiles for minutes).")
+    compile: CompileSpec = Field(default_factory=CompileSpec, description="How use_torch_compile compiles: mode "
+                                 "(CUDA graphs or not), regional, and a compile cache shared by a node's replicas.")
+    fuse_qkv: bool = Field(default=False, description="One Q/K/V projection GEMM per attention (Flux; other "
+                           "models with backend diffusers only: xfuser has no processor for their fused form).")
     warmup_steps: int = Field(default=1, ge=0, description="PipeFusion's exact synchronous steps before it "
                               "pipelines patches with one step-old activations.")
-    attention_backend: str | None = Field(default=None, description="xfuser attention backend (e.g. SDPA, "
-                                          "CUDNN); default: xfuser's choice.")
+    attention_backend: str | None = Field(default=None, description="Attention kernels. xfuser: one of its "
+                                          "backends (SDPA, CUDNN, FLASH, ...; default: xfuser's choice). native and "
+                                          "diffusers: a diffusers backend (native, _native_cudnn, _native_flash, ...; "
+                                          "native's default on GPUs: _native_cudnn).")
     default_height: int = Field(default=1024, ge=64, le=MAX_SIDE, description="Height when a request omits it.")
     default_width: int = Field(default=1024, ge=64, le=MAX_SIDE, description="Width when a request omits it.")
     warmup: WarmupSpec = Field(default_factory=WarmupSpec, description="Warm-up before taking traffic.")
@@ -83,6 +96,7 @@ class XFuserConfig(BaseModel):
             raise ValueError(f"warmup.num_inference_steps must be at least {family.min_steps} for {family.name}")
         if self.backend == "diffusers" and not self.parallel.is_auto and self.parallel.gpus != 1:
             raise ValueError("backend `diffusers` runs no model parallelism: leave `parallel` unset")
+        self._check_levers(family)
         if self.backend == "xfuser":
             if self.dtype == "float32":
                 raise ValueError("xfuser needs bfloat16 or float16 (its sequence-parallel attention returns NaN "
@@ -90,7 +104,8 @@ class XFuserConfig(BaseModel):
             if not self.resources.use_gpu:
                 raise ValueError("backend xfuser runs on GPUs only (xfuser cannot be imported without one); "
                                  "use backend diffusers on CPU")
-            layout = resolve_layout(family, self.parallel, self.world_size, self.heads)
+        if self.backend != "diffusers":
+            layout = self.layout()
             rows, cols = size_multiple(family, layout)
             for name in ("default", "warmup"):
                 h, w = ((self.default_height, self.default_width) if name == "default"
@@ -99,6 +114,25 @@ class XFuserConfig(BaseModel):
                     raise ValueError(f"{name} size {w}x{h} does not fit {layout.describe()}: height must be a "
                                      f"multiple of {rows} and width of {cols}")
         return self
+
+    def _check_levers(self, family: Family) -> None:
+        """The speed levers and attention backend against the backend and model."""
+        if not self.use_torch_compile and self.compile != CompileSpec():
+            raise ValueError("`compile` settings need use_torch_compile: true")
+        if self.fuse_qkv and family.name != "flux" and self.backend != "diffusers":
+            raise ValueError(f"fuse_qkv with {family.name} needs backend diffusers (xfuser replaces the attention "
+                             "processors with ones that read the separate Q, K and V projections)")
+        name = self.attention_backend
+        if self.backend == "xfuser" and name is not None and name.upper() not in XFUSER_ATTENTION:
+            raise ValueError(f"attention_backend {name!r} is not an xfuser backend: {', '.join(XFUSER_ATTENTION)}")
+        if self.backend == "diffusers" and name is not None and name not in DIFFUSERS_ATTENTION:
+            raise ValueError(f"attention_backend {name!r} is not one of diffusers' backends this service runs: "
+                             f"{', '.join(DIFFUSERS_ATTENTION)}")
+        if self.backend == "native":
+            layout = self.layout()
+            check_native_attention(name, layout.ring)
+            if layout.ring > 1 and not self.resources.use_gpu:
+                raise ValueError("backend native with ring_degree > 1 needs GPUs (cuDNN or flash attention)")
 
     @property
     def fam(self) -> str:
@@ -112,32 +146,36 @@ class XFuserConfig(BaseModel):
     def layout(self) -> Layout:
         if self.backend == "diffusers":
             return SINGLE
-        return resolve_layout(FAMILIES[self.fam], self.parallel, self.world_size, self.heads)
+        return resolve_layout(FAMILIES[self.fam], self.parallel, self.world_size, self.heads,
+                              native=self.backend == "native")
 
     def engine_spec(self) -> EngineSpec:
         return EngineSpec(
-            family=self.fam, model=self.model, layout=self.layout() if self.backend == "xfuser" else Layout(),
-            backend=self.backend, dtype=self.dtype, use_torch_compile=self.use_torch_compile,
-            warmup_steps=self.warmup_steps, attention_backend=self.attention_backend, warmup=self.warmup,
+            family=self.fam, model=self.model, layout=self.layout() if self.backend != "diffusers" else Layout(),
+            backend=self.backend, dtype=self.dtype, use_torch_compile=self.use_torch_compile, compile=self.compile,
+            fuse_qkv=self.fuse_qkv, warmup_steps=self.warmup_steps, attention_backend=self.attention_backend,
+            warmup=self.warmup,
         )
 
 
 class XFuserInput(BaseModel):
     """Input of `POST /xfuser`."""
 
-    prompt: str = Field(min_length=1, description="The prompt to generate an image from.",
-                        examples=["an astronaut riding a horse on the moon"])
-    negative_prompt: str = Field(default="", description="What the image should not contain (models with "
-                                 "classifier-free guidance only).")
-    num_inference_steps: int | None = Field(default=None, ge=1, le=100,
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="The prompt to generate an image from.",
+                        examples=["an astronaut riding a horse on the moon"],
+                        json_schema_extra={"ui": {"field": "textarea", "important": True}})
+    negative_prompt: str = Field(default="", max_length=MAX_PROMPT_CHARS,
+                                 description="What the image should not contain (models with "
+                                 "classifier-free guidance only).", json_schema_extra={"ui": {"field": "textarea"}})
+    num_inference_steps: int | None = Field(default=None, ge=1, le=100, examples=[28],
                                             description="Denoising steps (default: the model's, e.g. 28).")
-    seed: int | None = Field(default=None, ge=0, le=2**63 - 1,
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1, examples=[42],
                              description="Same seed, prompt and settings give the same image; omit for random.")
-    guidance_scale: float | None = Field(default=None, ge=0, le=30,
+    guidance_scale: float | None = Field(default=None, ge=0, le=30, examples=[7.0],
                                          description="Guidance scale (default: the model's).")
-    height: int | None = Field(default=None, ge=64, le=MAX_SIDE, description="Image height (default: the "
-                               "service's, 1024 in prod); a multiple the parallel layout needs.")
-    width: int | None = Field(default=None, ge=64, le=MAX_SIDE, description="Image width.")
+    height: int | None = Field(default=None, ge=64, le=MAX_SIDE, examples=[1024], description="Image height "
+                               "(default: the service's, 1024 in prod); a multiple the parallel layout needs.")
+    width: int | None = Field(default=None, ge=64, le=MAX_SIDE, examples=[1024], description="Image width.")
     output_format: ImageFormat = Field(default="jpeg", description="Format of the generated image.")
 
 
@@ -200,18 +238,7 @@ class XFuserService(DistributedService):
         payload = {"prompt": request.prompt, "negative_prompt": request.negative_prompt, "height": height,
                    "width": width, "num_inference_steps": steps, "seed": seed,
                    "guidance_scale": request.guidance_scale}
-        timeout = self.config.call_timeout_s
-        result: dict[str, Any] = {}
-        if ctx.streaming:
-            async for item in self.runner.stream(payload, timeout=timeout):
-                if "step" in item:
-                    ctx.progress(item["step"], item["total"], "denoising")
-                else:
-                    result = item
-        else:
-            result = await self.runner.invoke(payload, timeout=timeout)
-        if result.get("cancelled"):
-            raise RequestCancelled()
+        result = await self.run_on_ranks(payload, ctx, self.config.call_timeout_s)
         image = Image.from_pil(result["image"], request.output_format)
         return XFuserOutput(images=[image], seed=seed, prompt=request.prompt, parallelism=result["layout"],
                             timings=XFuserTimings(inference=result["inference_s"],

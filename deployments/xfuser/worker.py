@@ -1,85 +1,29 @@
-"""One xDiT rank: builds the pipeline, wraps it in xfuser's parallel pipeline, generates.
+"""One rank of the xFuser service: loads the pipeline its backend runs (`engine.py`), generates.
 
-Every rank runs the same call; xfuser's collectives split the work and one rank (the last of each
-parallel group) decodes the image. That rank sends it to rank 0, whose result the runner returns.
+Every rank runs the same call. With xfuser, its collectives split the work and one rank (the last
+of each parallel group) decodes the image; that rank sends it to rank 0, whose result the runner
+returns. With `native` (diffusers' context parallelism) every rank ends with the whole latents and
+rank 0's image is returned. With `diffusers`, the plain pipeline runs on every rank (the 1-GPU
+baseline of the benchmarks and the CPU stand-in of dev and CI, where xfuser cannot run) and the
+last rank's image is returned, as with xfuser.
 
-Backends:
-- `xfuser`: the model-parallel pipelines (GPUs, bfloat16/float16).
-- `diffusers`: the plain pipeline on every rank, the last rank's image returned as with xfuser.
-  It is the single-GPU baseline of the benchmarks and the CPU stand-in (dev config, CI), where
-  xfuser cannot be imported.
-
-Two fixes on our side for xfuser 0.7 + diffusers 0.42:
-- PipeFusion allocates its receive buffers in `engine_config.runtime_config.dtype`, which
-  `xFuserArgs.create_config()` never sets (it stays float16). A bfloat16 model then received
-  float16 activations and failed with "mat1 and mat2 must have the same dtype" in `prepare_run`.
-  We set it to the weights' dtype before wrapping.
-- xfuser wants the process group initialised without `device_id` (a device-bound NCCL init breaks
-  its `new_group` calls) and its world group told each rank's local device index.
+`op: probe` generates once with the block recorder on (`probe.py`) and gathers every rank's block
+outputs on rank 0, for the per-block divergence probe of the GPU parity test.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
+from deployments.xfuser.engine import EngineSpec, WarmupSpec, build_pipeline, prepare
 from deployments.xfuser.families import FAMILIES, SINGLE, Layout, heads_of, resolve_layout
 from serve_app.distributed import DistributedWorker
-from serve_app.models.source import DtypeName, ModelSource, build_or_load, resolve_dtype
+from serve_app.errors import RequestCancelled
+from serve_app.models.source import resolve_dtype
 
-
-class WarmupSpec(BaseModel):
-    """Generate once at this size before taking traffic (compiles when torch.compile is on)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    enabled: bool = Field(default=True, description="Run the warm-up at start.")
-    height: int = Field(default=1024, ge=64, description="Warm-up height (use the size you serve).")
-    width: int = Field(default=1024, ge=64, description="Warm-up width.")
-    num_inference_steps: int = Field(default=4, ge=1, description="Warm-up steps.")
-
-
-class EngineSpec(BaseModel):
-    """What every rank loads: sent to `setup` (and `load`) as a dict."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    family: str
-    model: ModelSource
-    layout: Layout = Field(default_factory=Layout)
-    backend: str = "xfuser"
-    dtype: DtypeName = "auto"
-    use_torch_compile: bool = False
-    warmup_steps: int = Field(default=1, ge=0, description="PipeFusion's exact (synchronous) steps.")
-    attention_backend: str | None = None
-    warmup: WarmupSpec = Field(default_factory=lambda: WarmupSpec(enabled=False))
-
-
-def build_pipeline(spec: EngineSpec, device: str, dtype: Any) -> Any:
-    """The plain diffusers pipeline of `spec` on `device`: hub id / local dir, or a preset."""
-    import diffusers
-
-    from deployments.xfuser import presets
-
-    family = FAMILIES[spec.family]
-    cls = getattr(diffusers, family.pipeline)
-
-    def load(model_id: str, kwargs: dict[str, Any]) -> Any:
-        return cls.from_pretrained(model_id, torch_dtype=dtype, **kwargs).to(device)
-
-    def preset(name: str) -> Any:
-        if spec.family == "sdxl":
-            from deployments.parallel_sdxl import presets as sdxl_presets
-
-            return sdxl_presets.build_pipeline(name, device, dtype)
-        return presets.build_pipeline(spec.family, name, device, dtype)
-
-    return build_or_load(spec.model, load=load,
-                         presets={"tiny": lambda: preset("tiny"), "full": lambda: preset("full")})
+__all__ = ["EngineSpec", "WarmupSpec", "XFuserWorker", "build_pipeline"]
 
 
 class _StepReporter:
@@ -108,22 +52,24 @@ class XFuserWorker(DistributedWorker):
     spec: EngineSpec
     layout: Layout
     output_rank: int = 0
+    recorder: Any = None  # the probe's BlockRecorder when loaded with probe: true
 
     def setup(self, **spec: Any) -> None:  # type: ignore[override]
         self.load(**spec)
 
     # --- loading ------------------------------------------------------------------------------
     def load(self, **raw: Any) -> dict[str, Any]:
-        """Build (or rebuild) the pipeline for `raw` (an `EngineSpec`), wrap it, warm it up."""
-        import torch
-
+        """Build (or rebuild) the pipeline for `raw` (an `EngineSpec`), prepare its backend, warm it up."""
+        from deployments.xfuser import speed
 
         self.unload()
         spec = EngineSpec.model_validate(raw)
         family = FAMILIES[spec.family]
         self.spec = spec
-        self.layout = (resolve_layout(family, spec.layout, self.world_size, heads_of(spec.family, spec.model.preset))
-                       if spec.backend == "xfuser" else SINGLE)
+        speed.use_compile_cache(spec.compile.cache_dir if spec.use_torch_compile else None)
+        heads = heads_of(spec.family, spec.model.preset)
+        self.layout = (SINGLE if spec.backend == "diffusers" else
+                       resolve_layout(family, spec.layout, self.world_size, heads, native=spec.backend == "native"))
         device = str(self.device)
         self.dtype = resolve_dtype(spec.dtype, device)
         pipe = build_pipeline(spec, device, self.dtype)
@@ -131,22 +77,23 @@ class XFuserWorker(DistributedWorker):
             self._share_weights(pipe)  # every rank must hold rank 0's random weights
         if hasattr(pipe, "set_progress_bar_config"):
             pipe.set_progress_bar_config(disable=True)
-        if spec.backend == "xfuser":
-            self.pipe = self._wrap(pipe, spec)
+        self.recorder = None
+        if spec.probe:  # before any wrapping: every block keeps its index in the whole model
+            from deployments.xfuser.probe import BlockRecorder, whole, xfuser_where
+
+            where = xfuser_where if spec.backend == "xfuser" else whole
+            self.recorder = BlockRecorder(pipe.transformer, where=where)
+        self.pipe = prepare(pipe, spec, self.layout, self.rank, self.world_size, self.device, self.dtype)
+        self.output_rank = {"xfuser": -1, "native": 0, "diffusers": self.world_size - 1}[spec.backend]
+        if self.output_rank < 0:
             self.output_rank = self._find_output_rank()
-        else:
-            self.pipe = pipe
-            self.output_rank = self.world_size - 1
-        if spec.use_torch_compile and spec.backend == "diffusers":  # as xfuser does with its flag
-            backbone = getattr(pipe, "transformer", None) or pipe.unet
-            backbone.forward = torch.compile(backbone.forward)
         self._reporter: Any = None
         pipe.progress_bar = self._progress_bar
         if spec.warmup.enabled:
             w = spec.warmup
             self.generate(prompt="a photo of a cat", height=w.height, width=w.width,
                           num_inference_steps=w.num_inference_steps, seed=0)
-        return {"layout": self.layout.describe(), "output_rank": self.output_rank}
+        return {"layout": self.layout.describe(), "output_rank": self.output_rank, "backend": spec.backend}
 
     def _share_weights(self, pipe: Any) -> None:
         import torch
@@ -156,24 +103,6 @@ class XFuserWorker(DistributedWorker):
             if isinstance(module, torch.nn.Module):
                 for tensor in [*module.parameters(), *module.buffers()]:
                     dist.broadcast(tensor.data, src=0)
-
-    def _wrap(self, pipe: Any, spec: EngineSpec) -> Any:
-        import xfuser
-        from xfuser.core.distributed import init_distributed_environment
-
-        family, layout = FAMILIES[spec.family], self.layout
-        index = getattr(self.device, "index", None) or 0
-        os.environ["LOCAL_RANK"] = str(index)
-        init_distributed_environment(rank=self.rank, world_size=self.world_size, local_rank=index)
-        args = xfuser.xFuserArgs(
-            model=spec.model.describe(), pipefusion_parallel_degree=layout.pp, ulysses_degree=layout.ulysses,
-            ring_degree=layout.ring, use_cfg_parallel=bool(layout.use_cfg_parallel),
-            num_pipeline_patch=layout.num_pipeline_patch, warmup_steps=spec.warmup_steps,
-            use_torch_compile=spec.use_torch_compile, attention_backend=spec.attention_backend,
-        )
-        engine_config, _ = args.create_config()
-        engine_config.runtime_config.dtype = self.dtype  # the PipeFusion fix (module docstring)
-        return getattr(xfuser, family.xfuser_pipeline)(pipe, engine_config)
 
     def _find_output_rank(self) -> int:
         """The rank whose call returns the image (`is_dp_last_group`), agreed by all ranks."""
@@ -283,18 +212,41 @@ class XFuserWorker(DistributedWorker):
         dist.broadcast(buf, src=self.output_rank)
         return buf
 
+    def probe(self, **payload: Any) -> dict[str, Any] | None:
+        """Generate once with the recorder on; rank 0 gets every rank's block records."""
+        import torch.distributed as dist
+
+        if self.recorder is None:
+            raise ValueError("load with probe: true first")
+        self.recorder.restart()
+        self.generate(**payload)
+        gathered: list[Any] | None = [None] * self.world_size if self.rank == 0 else None
+        if self.world_size > 1:
+            dist.gather_object(list(self.recorder.records), gathered, dst=0)
+        else:
+            gathered = [list(self.recorder.records)]
+        return {"records": gathered, "layout": self.layout.describe()} if self.rank == 0 else None
+
     def __call__(self, streaming: bool = False, op: str = "generate", **payload: Any) -> Any:
         if op == "load":
             return self.load(**payload)
+        if op == "probe":
+            return self.probe(**payload)
         if op != "generate":
             raise ValueError(f"unknown op {op!r}")
 
+        # Every rank steps through the same loop, so a cancel agreed at a step stops them all there;
+        # PipeFusion keeps point-to-point exchanges open across steps, so it only stops before a run.
+        stop_mid_run = self.layout.pp == 1
+
         def report(step: int, total: int) -> None:
             if streaming:
-                self.add_streaming_result({"step": step, "total": total})
+                self.progress(step, total, "denoising")
+            if stop_mid_run:
+                self.raise_if_cancelled()
 
         if self.cancelled_everywhere():
-            return {"cancelled": True}
+            raise RequestCancelled()
         result = self.generate(report=report, **payload)
         if result is None:
             return None

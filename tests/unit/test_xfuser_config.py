@@ -66,10 +66,9 @@ def test_layouts_the_model_cannot_use_are_rejected_with_the_reason() -> None:
         config(model={"id": "black-forest-labs/FLUX.1-dev"}, parallel={"use_cfg_parallel": True})
     with pytest.raises(ValidationError, match="sdxl does not support PipeFusion"):
         config(model={"id": "stabilityai/stable-diffusion-xl-base-1.0"}, parallel={"pipefusion_parallel_degree": 2})
-    with pytest.raises(ValidationError, match=r"sd3 does not support PipeFusion \(xfuser 0.7's SD3 PipeFusion"):
-        config(parallel={"pipefusion_parallel_degree": 2})
-    with pytest.raises(ValidationError, match="hunyuandit does not support sequence parallelism"):
-        config(model={"id": "Tencent-Hunyuan/HunyuanDiT-v1.2-Diffusers"}, parallel={"ring_degree": 2})
+    with pytest.raises(ValidationError, match=r"hunyuandit's PipeFusion degree must be one of 2, 4 .*long skip"):
+        config(model={"id": "Tencent-Hunyuan/HunyuanDiT-v1.2-Diffusers"}, world_size=8,
+               parallel={"pipefusion_parallel_degree": 8})
     with pytest.raises(ValidationError, match="sdxl cannot be split over 4 GPUs"):
         config(model={"id": "stabilityai/stable-diffusion-xl-base-1.0"}, world_size=4)
     with pytest.raises(ValidationError, match=r"ulysses_degree=5 must divide the model.s 24 attention heads"):
@@ -82,6 +81,18 @@ def test_layouts_the_model_cannot_use_are_rejected_with_the_reason() -> None:
     sized = {"default_height": 960, "default_width": 960, "warmup": {"height": 960, "width": 960}}
     assert config(model={"preset": "full"}, family="flux", world_size=3, parallel={"ulysses_degree": 3},
                   **sized).layout() == layout(u=3)
+
+
+def test_the_seed_demos_layouts_are_accepted() -> None:
+    # fal's demo default (SD3 + PipeFusion) and HunyuanDiT's sequence-parallel and PipeFusion layouts
+    assert config(parallel={"pipefusion_parallel_degree": 2}).layout() == layout(pp=2)
+    assert config(world_size=4, parallel={"pipefusion_parallel_degree": 2, "use_cfg_parallel": True}
+                  ).layout() == layout(pp=2, cfg=True)
+    hunyuan = {"id": "Tencent-Hunyuan/HunyuanDiT-v1.2-Diffusers"}
+    for degrees, expected in (({"ulysses_degree": 2}, layout(u=2)), ({"ring_degree": 2}, layout(r=2)),
+                              ({"pipefusion_parallel_degree": 2}, layout(pp=2))):
+        assert config(model=hunyuan, parallel=degrees).layout() == expected
+    assert config(model=hunyuan, world_size=4, parallel={"pipefusion_parallel_degree": 4}).layout() == layout(pp=4)
 
 
 def test_every_listed_layout_is_accepted() -> None:
