@@ -26,11 +26,27 @@ class RequestInfo:
         request_id: the id the client holds (`x-fal-request-id`, the queue's request id).
         route: the endpoint's HTTP path, for logs.
         base_url: the server's public root, for the URLs of files the replica stores.
+        caller: the actor that holds the client's connection. When it dies mid-request (a killed
+            ingress replica), Ray does not cancel the call it made, so the service replica watches
+            it and cancels the orphaned work itself (`Service.stream_endpoint`).
     """
 
     request_id: str
     route: str = ""
     base_url: str = "http://127.0.0.1:8000/"
+    caller: Any = None  # the calling process's Ray actor (the ingress replica, the queue runner), or None
+
+    @staticmethod
+    def here() -> Any:
+        """The Ray actor this code runs in (for `caller`), or None outside an actor or outside Ray."""
+        try:
+            import ray
+
+            if not ray.is_initialized():
+                return None
+            return ray.get_runtime_context().current_actor
+        except Exception:  # a driver, not an actor
+            return None
 
 
 class RunContext:

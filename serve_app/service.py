@@ -23,6 +23,7 @@ from pydantic import BaseModel
 
 from serve_app.context import RequestInfo, RunContext
 from serve_app.endpoints import collect_endpoints, collect_realtime
+from serve_app.errors import RequestCancelled
 from serve_app.events import Output, Partial, Progress, StreamEvent, StreamItem
 from serve_app.storage import LocalStorage, OutputStore, StorageConfig, check_local_store_node, make_store, materialize
 
@@ -31,6 +32,30 @@ __all__ = ["RequestInfo", "RunContext", "Service", "runtime_user_config"]
 logger = logging.getLogger("ray.serve")
 
 _DONE = object()
+_ORPHANED = object()
+CALLER_CHECK_S = 2.0  # how often a running request checks that its caller is alive
+CALLER_PING_TIMEOUT_S = 30.0  # a caller too busy to answer within this is not taken for dead
+
+
+async def _watch_caller(caller: Any, queue: asyncio.Queue[Any], every_s: float) -> None:
+    """Put `_ORPHANED` on `queue` once the actor that made this call has died.
+
+    Ray does not cancel an actor call, nor a streaming one, when its caller dies: a killed ingress
+    replica would leave its in-flight requests running to the end for nobody. A ping is an empty
+    actor task (`__ray_ready__`); only a definite death counts (a slow answer or a restarting actor
+    does not).
+    """
+    from ray.exceptions import ActorDiedError
+
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            await asyncio.wait_for(caller.__ray_ready__.remote(), CALLER_PING_TIMEOUT_S)
+        except ActorDiedError:
+            queue.put_nowait(_ORPHANED)
+            return
+        except Exception:  # busy, unreachable for now, or restarting: look again later
+            continue
 _RUNTIME_KEY = "serve_app"  # the framework's part of a deployment's user_config
 
 
@@ -50,6 +75,7 @@ class Service:
     """
 
     concurrency_safe: bool = False
+    caller_check_s: float = CALLER_CHECK_S  # 0: don't watch callers (see `_watch_caller`)
     _serve_store: OutputStore | None = None
 
     @classmethod
@@ -152,15 +178,23 @@ class Service:
             else loop.run_in_executor(None, functools.partial(contextvars.copy_context().run, fn, request, ctx))
         )
         future.add_done_callback(lambda _: queue.put_nowait(_DONE))
+        watchdog = (asyncio.ensure_future(_watch_caller(info.caller, queue, self.caller_check_s))
+                    if info.caller is not None and self.caller_check_s else None)
         try:
             while True:
                 item = await queue.get()
                 if item is _DONE:
                     break
+                if item is _ORPHANED:
+                    logger.warning("request %s: its caller (the replica holding the client's connection) died; "
+                                   "cancelling the orphaned work", info.request_id)
+                    raise RequestCancelled("the caller of this request is gone")
                 yield await self._stored(item, info) if store else item
             output = Output(future.result())
             yield await self._stored(output, info) if store else output
         finally:
+            if watchdog is not None:
+                watchdog.cancel()
             if not future.done():
                 cancel.set()
                 logger.info("request %s cancelled; stopping its work", info.request_id)

@@ -205,7 +205,7 @@ class FluxTrainService(DistributedService):
         handle = await self._preprocessor_handle()
         payload = {"images_data_url": request.images_data_url, "trigger_word": request.trigger_word,
                    "resolution": request.resolution}
-        info = RequestInfo(ctx.request_id, f"/{self.config.preprocessor_service}")
+        info = RequestInfo(ctx.request_id, f"/{self.config.preprocessor_service}", caller=RequestInfo.here())
         # store=False: the preprocessed file comes back as bytes, for us, not as a client download.
         gen = handle.options(stream=True).stream_endpoint.remote("preprocess", payload, info, ctx.streaming,
                                                                  store=False)

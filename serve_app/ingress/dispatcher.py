@@ -49,6 +49,7 @@ class Dispatcher:
             spec.route(route.prefix): (route, spec) for route in routes for spec in route.endpoints
         }
         self._billed = _billing_counter()
+        self.caller = RequestInfo.here()  # this replica's actor: services cancel work it orphans
 
     def _bill(self, route: ServiceRoute, spec: EndpointSpec, units: float) -> float:
         """Count units billed for a completed call (the `x-fal-billable-units` metric)."""
@@ -72,7 +73,7 @@ class Dispatcher:
                  base_url: str) -> tuple[ServiceRoute, EndpointSpec, BaseModel, RequestInfo]:
         route, spec = self.lookup(path)
         payload = body if isinstance(body, spec.input_model) else spec.input_model.model_validate(body)
-        return route, spec, payload, RequestInfo(request_id, spec.route(route.prefix), base_url)
+        return route, spec, payload, RequestInfo(request_id, spec.route(route.prefix), base_url, self.caller)
 
     async def run(self, path: str, body: BaseModel | dict[str, Any], request_id: str,
                   base_url: str, queued: bool = False) -> tuple[dict[str, Any], float]:

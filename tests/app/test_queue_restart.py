@@ -4,6 +4,8 @@ is gone) are queued again once its lease expires. None is lost."""
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 
 import httpx
@@ -51,3 +53,46 @@ def test_killing_the_ingress_loses_no_job(queue_app: str) -> None:
             assert http.get(f"/queue/b/requests/{request_id}").json()["steps_done"] == 20
         retried = [s for s in done.values() if any("queued again" in log["message"] for log in s["logs"])]
         assert retried, "the jobs running at the kill ran again"
+
+
+def test_work_orphaned_by_a_killed_ingress_is_cancelled(queue_app: str) -> None:
+    """Ray does not cancel a call whose caller died: without the service's caller watchdog, a sync
+    request whose ingress replica is killed runs to its end for nobody."""
+    auth = {"Authorization": f"Key {QUEUE_KEY}"}
+
+    def stats(http: httpx.Client) -> dict[str, int]:
+        deadline = time.time() + 60
+        while True:  # the new ingress replica may still be starting
+            try:
+                r = http.post("/b/stats", json={})
+                if r.status_code == 200:
+                    return r.json()  # type: ignore[no-any-return]
+            except httpx.HTTPError:
+                pass
+            assert time.time() < deadline, "no ingress answered"
+            time.sleep(0.2)
+
+    with httpx.Client(base_url=queue_app, headers=auth, timeout=60) as http:
+        before = stats(http)
+        request = threading.Thread(target=lambda: _post_ignoring_errors(queue_app, auth, {"steps": 400}), daemon=True)
+        request.start()  # 400 steps x 0.05 s: 20 s of work
+        deadline = time.time() + 30
+        while stats(http)["started"] == before["started"]:
+            assert time.time() < deadline
+            time.sleep(0.1)
+
+        (old,) = ingress_replicas()
+        ray.kill(ray.get_actor(old, namespace="serve"), no_restart=True)
+        killed = time.time()
+
+        deadline = killed + 15
+        while (now := stats(http))["cancelled"] == before["cancelled"]:
+            assert time.time() < deadline, f"the orphaned request kept running: {now}"
+            time.sleep(0.2)
+        assert now["completed"] == before["completed"]
+        assert time.time() - killed < 15
+
+
+def _post_ignoring_errors(base_url: str, headers: dict[str, str], body: dict[str, int]) -> None:
+    with contextlib.suppress(httpx.HTTPError), httpx.Client(base_url=base_url, headers=headers, timeout=60) as http:
+        http.post("/b/steps", json=body)

@@ -152,8 +152,10 @@ def test_docs_and_redoc_render_offline_and_swagger_examples_are_valid(
             bad[path] = f"{sample}\n{exc}"
     assert not bad, json.dumps(bad, indent=1)
     tab.page.goto(f"{url}/redoc")
-    tab.page.wait_for_function(f"document.body.innerText.includes({json.dumps(TITLE)})", timeout=60_000)
-    tab.page.wait_for_function("document.body.innerText.includes('/sana/sprint')", timeout=60_000)
+    # A function, not an expression: Playwright evaluates a bare expression with eval(), which the
+    # page's CSP (no 'unsafe-eval') refuses.
+    for text in (TITLE, "/sana/sprint"):
+        tab.page.wait_for_function("(text) => document.body.innerText.includes(text)", arg=text, timeout=60_000)
     assert tab.blocked == [] and tab.errors == [], (tab.blocked, tab.errors)
 
 
