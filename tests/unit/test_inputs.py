@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import http.server
+import itertools
 import socket
 import threading
 from collections.abc import Iterator
@@ -253,6 +254,64 @@ def test_upload_limits_and_errors(tmp_path: Path) -> None:
         assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "file"]
     with TestClient(upload_app(tmp_path, max_upload_bytes=0)) as http:  # uploads off
         assert http.post("/files", content=b"x").status_code in (404, 405)
+
+
+@pytest.mark.parametrize("form", [False, True], ids=["raw", "multipart"])
+def test_uploads_stream_to_disk_and_never_sit_in_memory(tmp_path: Path, form: bool) -> None:
+    """40 MiB through a real server (uvicorn on loopback, in this process): Python's peak allocation
+    while the upload runs stays a small fraction of it, and a refused upload leaves no partial file."""
+    import time
+    import tracemalloc
+
+    import uvicorn
+
+    size, chunk = 40 * 1024 * 1024, b"z" * 65536
+    app = upload_app(tmp_path, max_upload_bytes=size + 1024 * 1024)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.01)
+    boundary = "b0undary"
+
+    def body() -> Iterator[bytes]:
+        if form:
+            yield (f"--{boundary}\r\ncontent-disposition: form-data; name=\"note\"\r\n\r\nhello\r\n"
+                   f"--{boundary}\r\ncontent-disposition: form-data; name=\"file\"; filename=\"big.bin\"\r\n"
+                   "content-type: application/octet-stream\r\n\r\n").encode()
+        for _ in range(size // len(chunk)):
+            yield chunk
+        if form:
+            yield f"\r\n--{boundary}--\r\n".encode()
+
+    content_type = f"multipart/form-data; boundary={boundary}" if form else "application/octet-stream"
+    try:
+        tracemalloc.start()
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as http:
+            r = http.post("/files?file_name=big.bin", content=body(), headers={"content-type": content_type})
+            _, peak = tracemalloc.get_traced_memory()
+            tracemalloc.stop()
+            assert r.status_code == 200, r.text
+            assert r.json()["file_size"] == size and r.json()["file_name"] == "big.bin"
+            assert peak < size / 8, f"peak Python allocation {peak / 2**20:.1f} MiB for a 40 MiB upload"
+            stored = [p for p in tmp_path.iterdir() if p.name.endswith("big.bin")]
+            assert len(stored) == 1 and stored[0].stat().st_size == size
+
+            def endless() -> Iterator[bytes]:  # past the limit, no content-length
+                yield from itertools.islice(body(), 1)  # the form's head (or the first chunk)
+                for _ in range(2 * size // len(chunk)):
+                    yield chunk
+
+            assert http.post("/files", content=endless(), headers={"content-type": content_type}).status_code == 413
+            assert not [p for p in tmp_path.iterdir() if p.name.endswith(".part")]
+    finally:
+        if tracemalloc.is_tracing():
+            tracemalloc.stop()
+        server.should_exit = True
+        thread.join(10)
 
 
 def test_upload_needs_the_api_key_when_keys_are_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
