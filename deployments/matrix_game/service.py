@@ -19,6 +19,7 @@ One GPU session per replica: another client meanwhile gets a `busy` error frame 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -158,12 +159,21 @@ class MatrixGameService(Service):
         try:
             await handler.run()
         finally:
-            await handler.release()
-            self.totals["blocks"] += handler.producer.blocks if handler.producer else 0
-            self.totals["frames_sent"] += handler.track.frames_sent if handler.track else 0
-            self.world = None
-            self.busy = False
-            logger.info("Matrix-Game session %s ended (%s)", ctx.request_id, handler.end_reason)
+            # The client leaving cancels this task, often while `release` waits for the block in
+            # flight: finish releasing anyway (the next session must have the model to itself), and
+            # always free the replica.
+            release = asyncio.ensure_future(handler.release())
+            try:
+                await asyncio.shield(release)
+            except asyncio.CancelledError:
+                await asyncio.gather(release, return_exceptions=True)
+                raise
+            finally:
+                self.totals["blocks"] += handler.producer.blocks if handler.producer else 0
+                self.totals["frames_sent"] += handler.track.frames_sent if handler.track else 0
+                self.world = None
+                self.busy = False
+                logger.info("Matrix-Game session %s ended (%s)", ctx.request_id, handler.end_reason)
 
     def stats(self) -> dict[str, int]:
         """Sessions and frames of this replica (for tests and operators, through a deployment handle)."""

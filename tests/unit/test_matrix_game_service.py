@@ -172,3 +172,39 @@ def test_config_rejects_a_default_mode_that_is_not_loaded() -> None:
 async def _until(condition: Any) -> None:
     while not condition():
         await asyncio.sleep(0.05)
+
+
+def test_a_cancel_during_release_still_finishes_it_and_frees_the_replica(service: MatrixGameService,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Serve cancels the session when the client's socket closes, often while the session is already
+    releasing (waiting for the block in flight): the release still completes, and the replica is free."""
+    import threading
+    import time
+
+    from deployments.matrix_game.producer import BlockProducer
+
+    stopping, stopped = threading.Event(), threading.Event()
+    original = BlockProducer.stop
+
+    def slow_stop(self: BlockProducer, timeout: float = 30.0) -> None:
+        if not timeout:  # the track's own stop (timeout 0) does not wait: only the release's does
+            return original(self, timeout)
+        stopping.set()
+        time.sleep(1.0)  # a block still in flight
+        original(self, timeout)
+        stopped.set()
+
+    monkeypatch.setattr(BlockProducer, "stop", slow_stop)
+
+    async def body(conn: LocalConnection, task: asyncio.Future[None]) -> None:
+        client, track_future = await connect(conn)
+        await frames(await asyncio.wait_for(track_future, 30), 1)
+        await client.close()  # the session ends and starts releasing
+        await asyncio.wait_for(_until(stopping.is_set), 30)
+        task.cancel()  # what Serve does when the client's socket closes
+        await asyncio.gather(task, return_exceptions=True)
+        assert task.cancelled()
+
+    run(service, body)
+    assert stopped.is_set()  # the release was not cut short
+    assert service.stats()["busy"] == 0 and service.world is None and live_peer_connections() == 0
