@@ -30,6 +30,7 @@ from serve_app.ingress.dispatcher import Dispatcher
 from serve_app.realtime import Attach, Encoding
 
 logger = logging.getLogger("ray.serve")
+INBOX_CLOSE_GRACE_S = 10.0  # when the ingress closes a gone client's inbox entry itself (see `run_session`)
 
 
 def _decode(frame: Mapping[str, Any]) -> tuple[Encoding, Any]:
@@ -123,9 +124,13 @@ async def run_session(websocket: WebSocket, route: ServiceRoute, spec: RealtimeS
     finally:
         if reader is not None:
             reader.cancel()
-        if inbox is not None:
-            inbox.close.remote(session_id)
+        # The client went away (or the session ended): cancel the session on its replica, which then
+        # closes its inbox entry itself. Closing the inbox from here at once would race the cancel:
+        # a session reading its messages would see them end and return as if the client had said
+        # goodbye. The late close is only for a replica that never got the cancel (it died).
         gen.cancel()
+        if inbox is not None:
+            asyncio.get_running_loop().call_later(INBOX_CLOSE_GRACE_S, inbox.close.remote, session_id)
 
 
 def add_realtime_routes(app: FastAPI, dispatcher: Dispatcher, route: ServiceRoute, spec: RealtimeSpec,
