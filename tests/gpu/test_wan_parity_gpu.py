@@ -28,8 +28,9 @@ pytestmark = pytest.mark.gpu
 
 TOLERANCE = 0.01
 UNRELATED_MIN = 0.02
-LAYOUTS = {"1 GPU": (1, 1), "Ulysses-2": (2, 1), "Ring-2": (1, 2)}
+LAYOUTS = {"1 GPU": (1, 1), "Ulysses-2": (2, 1), "Ring-2": (1, 2), "Ulysses-4": (4, 1), "U2 x Ring-2": (2, 2)}
 CHECKED = {"tiny": ("Ulysses-2",), "full": ("Ulysses-2", "Ring-2")}
+CHECKED_4_GPUS = {"full": ("Ulysses-4", "U2 x Ring-2")}  # 12 heads: Ulysses-4 splits them; tiny has 2
 STEPS = {"tiny": 8, "full": 4}
 
 
@@ -105,12 +106,13 @@ def test_two_gpus_make_the_one_gpu_video(preset: str) -> None:
     lines = [f"Wan CP parity, {preset} preset, bf16, 832x480x81, {STEPS[preset]} steps: mean |diff| / 255 vs "
              f"1 GPU (another seed: {unrelated:.4f})"]
     errors = {}
-    for name in CHECKED[preset]:
+    four = CHECKED_4_GPUS.get(preset, ()) if torch.cuda.device_count() >= 4 else ()
+    for name in CHECKED[preset] + four:
         frames = run_layout(preset, LAYOUTS[name], [7])[7]
         assert frames.shape == reference[7].shape == (81, 480, 832, 3)
         errors[name] = diff(frames, reference[7])
         worst = int(np.abs(frames.astype(int) - reference[7]).max())
-        lines.append(f"  {name:<10} {errors[name]:.5f}  (max |diff| {worst})")
+        lines.append(f"  {name:<12} {errors[name]:.5f}  (max |diff| {worst})")
     text = "\n".join(lines)
     print(text)
     if os.environ.get("OUT"):
