@@ -33,6 +33,7 @@ logger = logging.getLogger("ray.serve")
 
 _DONE = object()
 _ORPHANED = object()
+_RUNTIME_KEY = "serve_app"  # the framework's part of a deployment's user_config
 CALLER_CHECK_S = 2.0  # how often a running request checks that its caller is alive
 CALLER_PING_TIMEOUT_S = 30.0  # a caller too busy to answer within this is not taken for dead
 
@@ -56,7 +57,6 @@ async def _watch_caller(caller: Any, queue: asyncio.Queue[Any], every_s: float) 
             return
         except Exception:  # busy, unreachable for now, or restarting: look again later
             continue
-_RUNTIME_KEY = "serve_app"  # the framework's part of a deployment's user_config
 
 
 def runtime_user_config(storage: StorageConfig) -> dict[str, Any]:
