@@ -253,7 +253,7 @@ def case_train(args: argparse.Namespace) -> Row:
     from deployments.flux_lora.lora import add_lora
     from deployments.flux_lora.synthetic import synthetic_preprocessed
     from deployments.flux_lora.train_worker import FluxLoRATrainWorker
-    from deployments.flux_lora.training import TrainingParams, TrainingSet, train_loop
+    from deployments.flux_lora.training import TrainingParams, TrainingSet, train_loop, use_attention_that_trains
     from serve_app.distributed import DistributedRunner
 
     res, batch, steps = (64, 2, 3) if args.smoke else (512, 4, 8)
@@ -267,6 +267,7 @@ def case_train(args: argparse.Namespace) -> Row:
     tensors = TrainingSet(latents=pre.latents.to(args.device),
                           text_embeddings=pre.text_embeddings.to(args.device, dtype),
                           pooled_embeddings=pre.pooled_embeddings.to(args.device, dtype))
+    use_attention_that_trains(args.device)  # as the trainer's ranks do (cuDNN's backward fails there)
     result = train_loop(transformer, transformer, tensors, params, dtype=dtype)
     row = Row("flux-lora train", f"{res}², batch {batch}, rank 16, s/step", statistics.median(result.step_seconds[2:]))
     del transformer
@@ -287,7 +288,11 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--smoke", action="store_true", help="tiny presets on the CPU, one run each")
     parser.add_argument("--json", help="also write the rows to this file")
+    parser.add_argument("--worker-niceness", type=int, default=None,
+                        help="niceness of the Ray workers this bench starts (Ray's default: 15; the bare process: 0)")
     args = parser.parse_args()
+    if args.worker_niceness is not None:  # read by the raylet that ray.init starts below
+        os.environ["RAY_worker_niceness"] = str(args.worker_niceness)  # noqa: SIM112 (Ray reads this case)
     import ray
     import torch
     from ray import serve
@@ -317,6 +322,8 @@ def main() -> None:
             elif case == "train":
                 rows.append(case_train(args))
             print(f"done: {case}", flush=True)
+            if args.json:  # after each case: a run cut short still leaves what it measured
+                Path(args.json).write_text(json.dumps([r.__dict__ for r in rows], indent=1))
     serve.shutdown()
     ray.shutdown()
     device = torch.cuda.get_device_name(0) if args.gpu else "CPU (tiny presets, smoke)"

@@ -101,12 +101,22 @@ def main() -> None:
     def method(svc: Any) -> Callable[[], None]:
         return lambda: asyncio.run(svc.text_to_video(request, RunContext("bench")))
 
+    device = torch.cuda.get_device_name(0) if cuda else "CPU"
+
+    def save(name: str, row: dict[str, Any]) -> None:
+        """Keep a row, print it, and rewrite the JSON: a run cut short still leaves what it measured."""
+        rows[name] = row
+        print(json.dumps({"case": name, **row}), flush=True)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"args": vars(args), "device": device, "load_s": load_s, "rows": rows}, f, indent=1)
+
     times, peak = measure(bare, args.runs, cuda)
-    rows["bare"] = {"times": times, "peak_gib": peak}
+    save("bare", {"times": times, "peak_gib": peak})
     times, peak = measure(method(service), args.runs, cuda)
-    rows["method"] = {"times": times, "peak_gib": peak}
+    save("method", {"times": times, "peak_gib": peak})
     times, _ = measure(lambda: encode_mp4(frames[0], 16, service.config.mp4), args.runs, False)
-    rows["encode"] = {"times": times, "peak_gib": 0.0}
+    save("encode", {"times": times, "peak_gib": 0.0})
 
     if args.compile:
         del service, pipe
@@ -115,11 +125,10 @@ def main() -> None:
             torch.cuda.empty_cache()
         start = time.perf_counter()
         compiled = build(args, compile_=True)  # its warm-up compiles
-        rows["method_compiled"] = {"load_and_compile_s": time.perf_counter() - start}
+        load_and_compile_s = time.perf_counter() - start
         times, peak = measure(method(compiled), args.runs, cuda)
-        rows["method_compiled"].update(times=times, peak_gib=peak)
+        save("method_compiled", {"load_and_compile_s": load_and_compile_s, "times": times, "peak_gib": peak})
 
-    device = torch.cuda.get_device_name(0) if cuda else "CPU"
     print(f"Wan 2.1 T2V 1.3B, {args.preset} preset, {args.width}x{args.height}, {args.frames} frames, "
           f"{args.steps} steps, {args.dtype}, {device}; load {load_s:.1f} s; median of {args.runs}")
     print(f"{'case':<16} {'s / video':>10} {'min':>8} {'peak GiB':>9}")

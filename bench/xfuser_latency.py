@@ -221,12 +221,13 @@ def main() -> None:
             errors = deploy_phase(cases, args, deployed)
             for case in cases:
                 if case["app"] in errors:
-                    print(f"case {case['name']} failed to start: {errors[case['app']][:2000]}", flush=True)
+                    # the cause is at the end of Serve's message (the rank's own traceback)
+                    print(f"case {case['name']} failed to start: ...{errors[case['app']][-4000:]}", flush=True)
                     continue
                 try:
                     results.append(measure(case, args, client))
                 except Exception as e:
-                    print(f"case {case['name']} failed: {type(e).__name__}: {str(e)[:500]}", flush=True)
+                    print(f"case {case['name']} failed: {type(e).__name__}: ...{str(e)[-2000:]}", flush=True)
                 print(table(results, args, device), flush=True)
                 if out_dir:
                     (out_dir / "xfuser_latency.json").write_text(json.dumps(results, indent=1))

@@ -15,7 +15,13 @@ from typing import Any
 
 from deployments.flux_lora.lora import add_lora, lora_digest, reset_lora, save_checkpoint, trainable_parameters
 from deployments.flux_lora.synthetic import synthetic_tensors
-from deployments.flux_lora.training import TrainingParams, TrainingSet, TrainingStatus, train_loop
+from deployments.flux_lora.training import (
+    TrainingParams,
+    TrainingSet,
+    TrainingStatus,
+    train_loop,
+    use_attention_that_trains,
+)
 from serve_app.distributed import DistributedWorker
 from serve_app.errors import FieldError, RequestCancelled
 from serve_app.models.source import ModelSource, build_or_load, resolve_dtype
@@ -35,11 +41,7 @@ class FluxLoRATrainWorker(DistributedWorker):
         from components import flux
 
         device = str(self.device)
-        if device.startswith("cuda"):
-            # cuDNN's fused attention fails in the backward of the full-size model (torch 2.11,
-            # H200: "mha_graph.execute(...) is_good()", then illegal memory accesses); flash and
-            # memory-efficient SDPA are unaffected.
-            torch.backends.cuda.enable_cudnn_sdp(False)
+        use_attention_that_trains(device)
         self.dtype = dt = resolve_dtype(dtype, device)  # type: ignore[arg-type]
         source = ModelSource.model_validate(model)
         extra = {"subfolder": subfolder} if subfolder else {}

@@ -99,6 +99,17 @@ class LoopResult:
     first_indices: list[int] = field(default_factory=list)  # this rank's samples in step 1
 
 
+def use_attention_that_trains(device: str) -> None:
+    """Turn cuDNN's fused attention off on CUDA before training: it fails in the backward of the
+    full-size Flux transformer (torch 2.11, H200: "mha_graph.execute(...) is_good()", then illegal
+    memory accesses that surface as CUBLAS_STATUS_EXECUTION_FAILED). Flash and memory-efficient SDPA
+    are unaffected. Process-wide: call it where the process exists to train (the trainer's ranks)."""
+    if str(device).startswith("cuda"):
+        import torch
+
+        torch.backends.cuda.enable_cudnn_sdp(False)
+
+
 def batch_indices(seed: int, micro_step: int, num_samples: int, batch_size: int, rank: int,
                   world_size: int) -> list[int]:
     """This rank's sample indices for one micro-batch (see the module docstring)."""

@@ -66,6 +66,7 @@ def test_rank_errors_are_raised_with_the_rank_named(ray_cluster: None, loop: asy
             await runner.invoke({"before_collective": True})  # rank 0 is stuck in all_reduce
         assert time.monotonic() - started < 15
         assert runner.is_alive()  # the group was aborted and re-formed in place (issue 21.13)
+        assert (await runner.invoke({"reduce": True}))["sum"] == 2.0  # and its collectives work
         await runner.check_health()
 
     loop.run_until_complete(scenario())

@@ -36,13 +36,15 @@ async def run(world_size: int, preset: str, requests: list[dict[str, Any]]) -> l
                        caption_num_beams=1, caption_max_new_tokens=8)
     print(f"{preset} x{world_size}: started in {time.monotonic() - started:.1f} s")
     results = []
-    for request in requests:
-        started = time.monotonic()
-        out = await runner.invoke(request, timeout=600)
-        n, res = len(request["captions"]), request["resolution"]
-        print(f"{preset} x{world_size}: {n} images at {res}: {time.monotonic() - started:.2f} s")
-        results.append(decode_preprocessed(out["data"]))
-    await runner.stop()
+    try:
+        for request in requests:
+            started = time.monotonic()
+            out = await runner.invoke(request, timeout=600)
+            n, res = len(request["captions"]), request["resolution"]
+            print(f"{preset} x{world_size}: {n} images at {res}: {time.monotonic() - started:.2f} s")
+            results.append(decode_preprocessed(out["data"]))
+    finally:  # a failure must not leave the ranks holding the GPUs for the next test
+        await runner.stop()
     return results
 
 
