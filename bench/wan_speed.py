@@ -54,7 +54,7 @@ def build(args: argparse.Namespace, compile_: bool) -> Any:
     config = WanConfig.model_validate({
         "model": {"preset": args.preset}, "device": args.device, "dtype": args.dtype,
         "landscape": [args.width, args.height], "portrait": [args.height, args.width], "num_frames": args.frames,
-        "warmup_steps": 2, "torch_compile": compile_,
+        "warmup_steps": 2, "torch_compile": compile_, "attention_backend": args.attention,
     })
     return WanService(config, ask=no_llm)
 
@@ -66,6 +66,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--compile", action="store_true", help="also time the method with torch.compile")
     parser.add_argument("--json", default=None, help="write the results here")
+    parser.add_argument("--attention", default=None,
+                        help="diffusers attention backend (e.g. _native_cudnn); bare and method share one "
+                             "pipeline, so it applies to both: compare with a run without it")
     args = parser.parse_args()
     if args.smoke:
         args.preset, args.device, args.dtype = "tiny", "cpu", "float32"
@@ -130,7 +133,8 @@ def main() -> None:
         save("method_compiled", {"load_and_compile_s": load_and_compile_s, "times": times, "peak_gib": peak})
 
     print(f"Wan 2.1 T2V 1.3B, {args.preset} preset, {args.width}x{args.height}, {args.frames} frames, "
-          f"{args.steps} steps, {args.dtype}, {device}; load {load_s:.1f} s; median of {args.runs}")
+          f"{args.steps} steps, {args.dtype}, attention {args.attention or 'default'}, {device}; load {load_s:.1f} s; "
+          f"median of {args.runs}")
     print(f"{'case':<16} {'s / video':>10} {'min':>8} {'peak GiB':>9}")
     for name, row in rows.items():
         print(f"{name:<16} {statistics.median(row['times']):>10.2f} {min(row['times']):>8.2f} "
