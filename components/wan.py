@@ -16,10 +16,9 @@ original code when the negative prompt is empty; diffusers' pipeline does not), 
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Any, Literal
 
+from components import context_parallel
 from components.tokenizers import t5_tokenizer
 from serve_app.models.source import ModelSource, build_on, build_or_load
 
@@ -154,24 +153,6 @@ def check_context_parallel(heads: int, ulysses_degree: int, ring_degree: int) ->
                          f"use one of {divisors}")
 
 
-@contextlib.contextmanager
-def _one_device_when_none() -> Iterator[None]:
-    """diffusers picks a rank's device as `rank % torch.accelerator.device_count()`, which divides
-    by zero on a host without accelerators (the CPU/gloo path). There the answer is "the CPU", one
-    device: report 1 while the parallel config is resolved, then restore torch's function."""
-    import torch
-
-    if torch.accelerator.device_count() > 0:
-        yield
-        return
-    original = torch.accelerator.device_count
-    torch.accelerator.device_count = lambda: 1
-    try:
-        yield
-    finally:
-        torch.accelerator.device_count = original
-
-
 def enable_context_parallel(transformer: Any, ulysses_degree: int = 1, ring_degree: int = 1,
                             attention_backend: str | None = None) -> None:
     """Split the transformer's sequence over the initialised `torch.distributed` group with
@@ -180,12 +161,5 @@ def enable_context_parallel(transformer: Any, ulysses_degree: int = 1, ring_degr
     Ring merges partial attention with the log-sum-exp, which diffusers' `native` backend does not
     return: on GPUs pass `_native_flash` or `_native_cudnn`. Every rank must call this.
     """
-    from diffusers import ContextParallelConfig
-
     check_context_parallel(int(transformer.config.num_attention_heads), ulysses_degree, ring_degree)
-    if attention_backend:
-        transformer.set_attention_backend(attention_backend)
-    config = ContextParallelConfig(ulysses_degree=ulysses_degree if ulysses_degree > 1 else None,
-                                   ring_degree=ring_degree if ring_degree > 1 else None)
-    with _one_device_when_none():
-        transformer.enable_parallelism(config=config)
+    context_parallel.enable(transformer, ulysses_degree, ring_degree, attention_backend)

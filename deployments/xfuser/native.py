@@ -13,33 +13,15 @@ any backend, `native` included, so it also runs on CPU over gloo (the CPU test).
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Any
+
+from components import context_parallel
 
 # diffusers attention backends (`AttentionBackendName` values) this service accepts; the ones that
 # need a package the GPU image lacks (flash-attn, sage, hub kernels) are left out on purpose.
 DIFFUSERS_ATTENTION = ("native", "_native_cudnn", "_native_flash", "_native_efficient", "_native_math")
 RING_ATTENTION = ("_native_cudnn", "_native_flash")  # return the log-sum-exp Ring needs
 GPU_DEFAULT_ATTENTION = "_native_cudnn"  # cuDNN attention: ~2x FA2 on H200 at Flux's shapes (measured)
-
-
-@contextlib.contextmanager
-def _cpu_counts_as_one_device() -> Iterator[None]:
-    """diffusers places rank r on device `r % torch.accelerator.device_count()`, which divides by
-    zero where there is no accelerator (CPU ranks over gloo). There the rank's device is the CPU,
-    one device: report 1 while the parallel config is resolved, then put torch's function back."""
-    import torch
-
-    if torch.accelerator.device_count() > 0:
-        yield
-        return
-    original = torch.accelerator.device_count
-    torch.accelerator.device_count = lambda: 1
-    try:
-        yield
-    finally:
-        torch.accelerator.device_count = original
 
 
 def check_native_attention(attention_backend: str | None, ring_degree: int) -> None:
@@ -58,12 +40,5 @@ def enable_context_parallel(transformer: Any, ulysses_degree: int, ring_degree: 
 
     Every rank must call this, after `torch.distributed` is initialised and before the first call.
     """
-    from diffusers import ContextParallelConfig
-
     check_native_attention(attention_backend, ring_degree)
-    if attention_backend:
-        transformer.set_attention_backend(attention_backend)
-    config = ContextParallelConfig(ulysses_degree=ulysses_degree if ulysses_degree > 1 else None,
-                                   ring_degree=ring_degree if ring_degree > 1 else None)
-    with _cpu_counts_as_one_device():
-        transformer.enable_parallelism(config=config)
+    context_parallel.enable(transformer, ulysses_degree, ring_degree, attention_backend)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from components import wan
+from components import context_parallel, wan
 from deployments.wan.engine import EngineSpec, WanEngine, WanJob
 from deployments.wan.video import Mp4Options, encode_mp4
 from serve_app.errors import RequestCancelled
@@ -119,7 +119,7 @@ def test_context_parallel_layouts_are_checked() -> None:
 
 def test_cpu_device_count_is_reported_as_one_only_while_resolving() -> None:
     original = torch.accelerator.device_count
-    with wan._one_device_when_none():
+    with context_parallel.one_device_when_none():
         assert torch.accelerator.device_count() == max(1, original())
     assert torch.accelerator.device_count is original
 
