@@ -7,10 +7,14 @@ and times, for the same request and seed:
   3. encode:  the MP4 encoding of the bare frames alone (random weights give noise frames, the worst
               case for H.264; a real video encodes several times faster);
 and, with `--compile`, the method again with the transformer blocks compiled (warm-up compiles).
-Prints a table and the method/bare ratio; `--json PATH` writes the numbers.
+`--layouts u2 r2` adds the service's engine on 2 spawned ranks, one GPU each (Ulysses-2, Ring-2;
+`uNrM` for both), built from the service's own config and timed on rank 0 (frames, no MP4), eager and
+with `--compile` compiled: the speed-up over the bare one-GPU pipeline. Prints a table and the
+method/bare ratio; `--json PATH` writes the numbers as each row finishes.
 
     python bench/wan_speed.py                     # GPU: 832x480, 81 frames, 30 steps, bf16
     python bench/wan_speed.py --compile --runs 2
+    python bench/wan_speed.py --layouts 1 u2 r2 --compile --runs 2   # 2 GPUs: every row in one run
     python bench/wan_speed.py --smoke             # CPU, tiny preset, 160x96, 17 frames, 2 steps
 """
 
@@ -20,18 +24,20 @@ import argparse
 import asyncio
 import gc
 import json
+import re
 import statistics
 import time
 from collections.abc import Callable
 from typing import Any
 
 
-def measure(fn: Callable[[], Any], runs: int, cuda: bool) -> tuple[list[float], float]:
+def measure(fn: Callable[[], Any], runs: int, cuda: bool, warm_up: bool = True) -> tuple[list[float], float]:
     """Seconds of each of `runs` calls after one warm-up call, and the peak GPU memory (GiB) of a call."""
     import torch
 
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    fn()
+    if warm_up:
+        fn()
     times = []
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -45,18 +51,61 @@ def measure(fn: Callable[[], Any], runs: int, cuda: bool) -> tuple[list[float], 
     return times, peak
 
 
+def config(args: argparse.Namespace, compile_: bool, ulysses: int = 1, ring: int = 1) -> Any:
+    """The service's config for this run: the ranks of a layout get its `engine_spec()`, as the service's do."""
+    from deployments.wan import WanConfig
+
+    return WanConfig.model_validate({
+        "model": {"preset": args.preset}, "device": args.device, "dtype": args.dtype,
+        "landscape": [args.width, args.height], "portrait": [args.height, args.width], "num_frames": args.frames,
+        "warmup_steps": 2, "torch_compile": compile_, "attention_backend": args.attention,
+        "world_size": ulysses * ring, "ulysses_degree": ulysses, "ring_degree": ring,
+        "resources": {"use_gpu": args.device == "cuda"},
+    })
+
+
 def build(args: argparse.Namespace, compile_: bool) -> Any:
-    from deployments.wan import WanConfig, WanService
+    from deployments.wan import WanService
 
     async def no_llm(prompt: str, system_prompt: str, max_tokens: int) -> str:
         raise RuntimeError("the benchmark asks no LLM")
 
-    config = WanConfig.model_validate({
-        "model": {"preset": args.preset}, "device": args.device, "dtype": args.dtype,
-        "landscape": [args.width, args.height], "portrait": [args.height, args.width], "num_frames": args.frames,
-        "warmup_steps": 2, "torch_compile": compile_, "attention_backend": args.attention,
-    })
-    return WanService(config, ask=no_llm)
+    return WanService(config(args, compile_), ask=no_llm)
+
+
+def job(args: argparse.Namespace) -> dict[str, Any]:
+    """The request every row makes, as the service resolves it (fal's defaults, seed 0)."""
+    from components import wan
+
+    return {"prompt": "a photo of a cat", "negative_prompt": wan.DEFAULT_NEGATIVE_PROMPT, "width": args.width,
+            "height": args.height, "num_frames": args.frames, "num_inference_steps": args.steps,
+            "guidance_scale": 5.0, "shift": 5.0, "sampler": "unipc", "seed": 0}
+
+
+def time_layout(rank: int, world_size: int, spec: dict[str, Any], request: dict[str, Any], runs: int,
+                device: str) -> dict[str, Any]:
+    """On each spawned rank: build the engine of `spec` (the service's own), warm up (compiles, when
+    asked), then time `runs` videos; rank 0's figures come back."""
+    from deployments.wan.engine import EngineSpec, WanEngine, WanJob
+
+    rank_device = f"cuda:{rank}" if device == "cuda" else "cpu"
+    start = time.perf_counter()
+    engine = WanEngine(EngineSpec.model_validate(spec), rank_device)
+    load_s = time.perf_counter() - start
+    wan_job = WanJob.model_validate(request)
+    start = time.perf_counter()
+    engine.generate(wan_job)
+    first_s = time.perf_counter() - start
+    times, peak = measure(lambda: engine.generate(wan_job), runs, device == "cuda", warm_up=False)
+    return {"load_s": load_s, "first_s": first_s, "times": times, "peak_gib": peak}
+
+
+def parse_layout(text: str) -> tuple[int, int]:
+    """`u2` -> Ulysses 2, `r2` -> Ring 2, `u2r2` -> both."""
+    match = re.fullmatch(r"(?:u(\d+))?(?:r(\d+))?", text)
+    if not match or not text:
+        raise argparse.ArgumentTypeError(f"layout {text!r}: use 1, uN, rN or uNrM")
+    return int(match.group(1) or 1), int(match.group(2) or 1)
 
 
 def main() -> None:
@@ -64,12 +113,16 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny preset, small video: checks the script")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--compile", action="store_true", help="also time the method with torch.compile")
+    parser.add_argument("--compile", action="store_true", help="also time each layout with torch.compile")
     parser.add_argument("--json", default=None, help="write the results here")
     parser.add_argument("--attention", default=None,
                         help="diffusers attention backend (e.g. _native_cudnn); bare and method share one "
                              "pipeline, so it applies to both: compare with a run without it")
+    parser.add_argument("--layouts", nargs="+", default=["1"],
+                        help="1: one GPU (bare, method, MP4 encoding); uN / rN / uNrM: the service's engine on "
+                             "N x M spawned ranks, one GPU each (Ulysses / Ring), frames without the MP4")
     args = parser.parse_args()
+    layouts = {name: (1, 1) if name == "1" else parse_layout(name) for name in args.layouts}
     if args.smoke:
         args.preset, args.device, args.dtype = "tiny", "cpu", "float32"
         args.width, args.height, args.frames, args.steps, args.runs = 160, 96, 17, 2, 1
@@ -79,32 +132,16 @@ def main() -> None:
 
     import torch
 
-    from components import wan
     from deployments.wan import WanT2VInput
     from deployments.wan.video import encode_mp4
+    from serve_app.distributed.spawn import run_ranks
     from serve_app.service import RunContext
 
     cuda = args.device == "cuda"
     request = WanT2VInput(prompt="a photo of a cat", inference_steps=args.steps, seed=0)
     rows: dict[str, dict[str, Any]] = {}
-
-    start = time.perf_counter()
-    service = build(args, compile_=False)
-    load_s = time.perf_counter() - start
-    pipe = service.engine.pipe
-    frames: list[Any] = []
-
-    def bare() -> None:
-        pipe.scheduler = wan.make_scheduler(service.engine.base_scheduler, "unipc", 5.0)
-        out = pipe(prompt=request.prompt, negative_prompt=wan.DEFAULT_NEGATIVE_PROMPT, width=args.width,
-                   height=args.height, num_frames=args.frames, num_inference_steps=args.steps, guidance_scale=5.0,
-                   generator=torch.Generator(device=args.device).manual_seed(0), output_type="np")
-        frames[:] = [(out.frames[0] * 255).round().astype("uint8")]
-
-    def method(svc: Any) -> Callable[[], None]:
-        return lambda: asyncio.run(svc.text_to_video(request, RunContext("bench")))
-
     device = torch.cuda.get_device_name(0) if cuda else "CPU"
+    load_s = 0.0
 
     def save(name: str, row: dict[str, Any]) -> None:
         """Keep a row, print it, and rewrite the JSON: a run cut short still leaves what it measured."""
@@ -114,37 +151,68 @@ def main() -> None:
             with open(args.json, "w") as f:
                 json.dump({"args": vars(args), "device": device, "load_s": load_s, "rows": rows}, f, indent=1)
 
-    times, peak = measure(bare, args.runs, cuda)
-    save("bare", {"times": times, "peak_gib": peak})
-    times, peak = measure(method(service), args.runs, cuda)
-    save("method", {"times": times, "peak_gib": peak})
-    times, _ = measure(lambda: encode_mp4(frames[0], 16, service.config.mp4), args.runs, False)
-    save("encode", {"times": times, "peak_gib": 0.0})
+    if "1" in layouts:
+        from components import wan
 
-    if args.compile:
+        start = time.perf_counter()
+        service = build(args, compile_=False)
+        load_s = time.perf_counter() - start
+        pipe = service.engine.pipe
+        frames: list[Any] = []
+
+        def bare() -> None:
+            pipe.scheduler = wan.make_scheduler(service.engine.base_scheduler, "unipc", 5.0)
+            out = pipe(prompt=request.prompt, negative_prompt=wan.DEFAULT_NEGATIVE_PROMPT, width=args.width,
+                       height=args.height, num_frames=args.frames, num_inference_steps=args.steps,
+                       guidance_scale=5.0, generator=torch.Generator(device=args.device).manual_seed(0),
+                       output_type="np")
+            frames[:] = [(out.frames[0] * 255).round().astype("uint8")]
+
+        def method(svc: Any) -> Callable[[], None]:
+            return lambda: asyncio.run(svc.text_to_video(request, RunContext("bench")))
+
+        times, peak = measure(bare, args.runs, cuda)
+        save("bare", {"times": times, "peak_gib": peak})
+        times, peak = measure(method(service), args.runs, cuda)
+        save("method", {"times": times, "peak_gib": peak})
+        times, _ = measure(lambda: encode_mp4(frames[0], 16, service.config.mp4), args.runs, False)
+        save("encode", {"times": times, "peak_gib": 0.0})
         del service, pipe
         gc.collect()
         if cuda:
             torch.cuda.empty_cache()
-        start = time.perf_counter()
-        compiled = build(args, compile_=True)  # its warm-up compiles
-        load_and_compile_s = time.perf_counter() - start
-        times, peak = measure(method(compiled), args.runs, cuda)
-        save("method_compiled", {"load_and_compile_s": load_and_compile_s, "times": times, "peak_gib": peak})
+
+        if args.compile:
+            start = time.perf_counter()
+            compiled = build(args, compile_=True)  # its warm-up compiles
+            load_and_compile_s = time.perf_counter() - start
+            times, peak = measure(method(compiled), args.runs, cuda)
+            save("method_compiled", {"load_and_compile_s": load_and_compile_s, "times": times, "peak_gib": peak})
+            del compiled
+            gc.collect()
+            if cuda:
+                torch.cuda.empty_cache()
+
+    for name, (ulysses, ring) in layouts.items():
+        if name == "1":
+            continue
+        for compile_ in [False, True] if args.compile else [False]:
+            spec = config(args, compile_, ulysses, ring).engine_spec().model_dump()
+            row = run_ranks(time_layout, ulysses * ring, spec, job(args), args.runs, args.device,
+                            backend="nccl" if cuda else "gloo")
+            save(f"{name}" + (" compiled" if compile_ else ""), row)
 
     print(f"Wan 2.1 T2V 1.3B, {args.preset} preset, {args.width}x{args.height}, {args.frames} frames, "
-          f"{args.steps} steps, {args.dtype}, attention {args.attention or 'default'}, {device}; load {load_s:.1f} s; "
+          f"{args.steps} steps, {args.dtype}, attention {args.attention or 'default'}, {device}; "
           f"median of {args.runs}")
-    print(f"{'case':<16} {'s / video':>10} {'min':>8} {'peak GiB':>9}")
+    bare_s = statistics.median(rows["bare"]["times"]) if "bare" in rows else None
+    print(f"{'case':<16} {'s / video':>10} {'min':>8} {'peak GiB':>9} {'x bare':>7}")
     for name, row in rows.items():
-        print(f"{name:<16} {statistics.median(row['times']):>10.2f} {min(row['times']):>8.2f} "
-              f"{row['peak_gib']:>9.1f}")
-    ratio = statistics.median(rows["method"]["times"]) / statistics.median(rows["bare"]["times"])
-    print(f"method / bare: {ratio:.3f}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "device": device, "load_s": load_s, "rows": rows,
-                       "method_over_bare": ratio}, f, indent=1)
+        median = statistics.median(row["times"])
+        speedup = f"{bare_s / median:>7.2f}" if bare_s and name != "encode" else f"{'-':>7}"
+        print(f"{name:<16} {median:>10.2f} {min(row['times']):>8.2f} {row['peak_gib']:>9.1f} {speedup}")
+    if "method" in rows and bare_s:
+        print(f"method / bare: {statistics.median(rows['method']['times']) / bare_s:.3f}")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ The table is printed (-s) and written to $OUT when set.
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -42,53 +41,23 @@ def job(seed: int, steps: int) -> dict[str, Any]:
             "sampler": "unipc", "seed": seed}
 
 
-def rank_main(rank: int, world_size: int, port: int, preset: str, layout: tuple[int, int], seeds: list[int],
-              results: Any) -> None:
-    import torch
-    import torch.distributed as dist
-
+def rank_frames(rank: int, world_size: int, preset: str, layout: tuple[int, int], seeds: list[int]) -> dict[int, Any]:
+    """On each rank (spawned, NCCL): build the engine for `layout` and generate every seed."""
     from deployments.wan.engine import EngineSpec, WanEngine, WanJob
     from serve_app.models.source import ModelSource
 
-    torch.cuda.set_device(rank)
-    dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size,
-                            device_id=torch.device("cuda", rank))
-    try:
-        ulysses, ring = layout
-        spec = EngineSpec(model=ModelSource(preset=preset, seed=5), dtype="bfloat16", ulysses_degree=ulysses,
-                          ring_degree=ring, attention_backend="_native_flash" if ring > 1 else None)
-        engine = WanEngine(spec, f"cuda:{rank}")
-        for seed in seeds:
-            frames = engine.generate(WanJob.model_validate(job(seed, STEPS[preset])))
-            if rank == 0:
-                results.put((seed, frames))
-    finally:
-        dist.destroy_process_group()
+    ulysses, ring = layout
+    spec = EngineSpec(model=ModelSource(preset=preset, seed=5), dtype="bfloat16", ulysses_degree=ulysses,
+                      ring_degree=ring, attention_backend="_native_flash" if ring > 1 else None)
+    engine = WanEngine(spec, f"cuda:{rank}")
+    return {seed: engine.generate(WanJob.model_validate(job(seed, STEPS[preset]))) for seed in seeds}
 
 
 def run_layout(preset: str, layout: tuple[int, int], seeds: list[int]) -> dict[int, Any]:
-    import torch.multiprocessing as mp
+    from serve_app.distributed.spawn import run_ranks
 
-    world_size = layout[0] * layout[1]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    ctx = mp.get_context("spawn")
-    results = ctx.Queue()
-    procs = [ctx.Process(target=rank_main, args=(r, world_size, port, preset, layout, seeds, results))
-             for r in range(world_size)]
-    for p in procs:
-        p.start()
-    out = {}
-    try:
-        for _ in seeds:
-            seed, frames = results.get(timeout=900)
-            out[seed] = frames
-    finally:
-        for p in procs:
-            p.join(timeout=120)
-    assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
-    return out
+    return run_ranks(rank_frames, layout[0] * layout[1], preset, layout, seeds,
+                     timeout_s=900 * len(seeds))
 
 
 def diff(a: Any, b: Any) -> float:
