@@ -1,9 +1,11 @@
 """A service's own web page (e.g. a realtime demo's webcam page), served under its prefix.
 
 A service class may set `static_dir` (a directory with an `index.html`): the ingress then answers
-`GET /<service>/` with the page and `GET /<service>/static/<file>` with the files beside it. Explicit
-GET routes, not a mount: a mount at the prefix would also catch the service's WebSocket and API
-paths.
+`GET /<service>/` with the page and `GET /<service>/static/<file>` with the files beside it, or else
+with the framework's files every page may load from there (`static/realtime.js`: fal's realtime
+WebRTC signalling, `serve_app/webrtc/static/`). Relative to the page, so they work under any prefix.
+Explicit GET routes, not a mount: a mount at the prefix would also catch the service's WebSocket and
+API paths.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from serve_app.endpoints import ServiceRoute
 
 NO_CACHE = {"Cache-Control": "no-cache"}
+SHARED_DIRS = (Path(__file__).resolve().parents[1] / "webrtc" / "static",)  # after the service's own files
 
 
 def add_page_routes(app: FastAPI, route: ServiceRoute) -> None:
@@ -32,10 +35,11 @@ def add_page_routes(app: FastAPI, route: ServiceRoute) -> None:
         return FileResponse(index, media_type="text/html; charset=utf-8", headers=NO_CACHE)
 
     async def static(name: str) -> FileResponse:
-        path = (root / name).resolve()
-        if root not in path.parents or not path.is_file():
-            raise StarletteHTTPException(404, f"File {name} not found")
-        return FileResponse(path, headers=NO_CACHE)
+        for directory in (root, *SHARED_DIRS):
+            path = (directory / name).resolve()
+            if directory in path.parents and path.is_file():
+                return FileResponse(path, headers=NO_CACHE)
+        raise StarletteHTTPException(404, f"File {name} not found")
 
     app.add_api_route(f"{route.prefix}/", page, methods=["GET"], tags=[route.name], name=f"{route.name}:page",
                       summary=f"The {route.name} page", response_class=FileResponse)

@@ -1,27 +1,25 @@
-"""Runs inside a network namespace that has only loopback (see test_yolo_page.py): Ray Serve with
-dev.yaml's `yolo` service, then Chromium with a fake camera opens the page and streams.
+"""Runs inside a network namespace that has only loopback (see test_realtime_pages.py): Ray Serve with
+dev.yaml's `yolo` and `matrix-game` services, then Chromium opens each service's page (which loads
+the shared `static/realtime.js` signalling): the YOLO page streams a fake camera and shows the
+annotated video; the Matrix-Game page receives the generated world, sends a key's action, and pauses
+(the server's `pause` reply comes back through the page's own message hook).
 
 Chromium's WebRTC binds a socket on every interface it finds (loopback only with
 --allow-loopback-in-peer-connection), so on a machine with a network card it would also send from
 that card's address; inside the namespace there is only 127.0.0.1, so every packet stays on loopback.
 
-    python -m tests.browser.yolo_page_runner --y4m camera.y4m --out result.json --screenshot page.png
+    python -m tests.browser.realtime_pages_runner --y4m camera.y4m --out result.json --screenshot page.png
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import functools
-import http.server
 import json
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
-
-import httpx
 
 import tests.conftest  # noqa: F401  (Ray on loopback, no auth, no telemetry)
 from tests.app.conftest import PYTHONPATH, free_port, load_dev_app
@@ -47,7 +45,7 @@ GREEN_PIXELS_JS = """() => {
 
 
 def start_serve(temp: str) -> str:
-    """Ray and Serve on loopback with only dev.yaml's yolo service; returns the base URL."""
+    """Ray and Serve on loopback with dev.yaml's yolo and matrix-game services; returns the base URL."""
     import ray
     from ray import serve
 
@@ -58,30 +56,41 @@ def start_serve(temp: str) -> str:
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port},
                 logging_config={"log_level": "WARNING", "enable_access_log": False})
-    dev = load_dev_app()
+    services = load_dev_app()["args"]["services"]
     args = {"ingress": {"storage": {"kind": "data_url"}},
             "ingress_deployment": {"ray_actor_options": {"num_cpus": 0.05}},
-            "services": {"yolo": dev["args"]["services"]["yolo"]}}
+            "services": {name: services[name] for name in ("yolo", "matrix-game")}}
     serve.run(build_app(args), name="default", route_prefix="/")
     return f"http://127.0.0.1:{port}"
 
 
-def page_url(base: str) -> tuple[str, http.server.ThreadingHTTPServer | None]:
-    """The app's own page at /yolo/ when the app serves it; else the same file from a local server,
-    pointed at the app's WebSocket."""
-    from deployments.yolo import STATIC_DIR
+def service_stats(name: str, settled: str) -> dict[str, Any]:
+    """The service's stats once `settled` (a stats key) reads 0, or after 30 s."""
+    from ray import serve
 
-    page = httpx.get(f"{base}/yolo/", timeout=10)
-    if page.status_code == 200 and "<video" in page.text:
-        return f"{base}/yolo/?autostart", None
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(STATIC_DIR))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    endpoint = base.replace("http://", "ws://") + "/yolo/realtime"
-    return f"http://127.0.0.1:{server.server_port}/index.html?autostart&endpoint={endpoint}", server
+    deadline = time.time() + 30
+    while True:
+        stats: dict[str, Any] = serve.get_deployment_handle(name, app_name="default").stats.remote().result(
+            timeout_s=30)
+        if stats.get(settled) == 0 or time.time() > deadline:
+            return stats
+        time.sleep(0.5)
 
 
-async def drive(url: str, y4m: str, screenshot: str, frames: int, timeout: float) -> dict[str, Any]:
+async def wait_for(page: Any, name: str, done: str, timeout: float) -> dict[str, Any]:
+    """Poll `window[name]` until the JS condition `done(state)` holds or the page records an error."""
+    started = time.perf_counter()
+    state: dict[str, Any] = {}
+    while time.perf_counter() - started < timeout:
+        state = await page.evaluate(f"() => ({{...window.{name}}})")
+        if state["errors"] or await page.evaluate(f"() => (({done}))(window.{name})"):
+            break
+        await asyncio.sleep(0.5)
+    state["seconds"] = time.perf_counter() - started
+    return state
+
+
+async def drive(base: str, y4m: str, screenshot: str, frames: int, timeout: float) -> dict[str, Any]:
     from playwright.async_api import async_playwright
 
     async with async_playwright() as playwright:
@@ -89,20 +98,25 @@ async def drive(url: str, y4m: str, screenshot: str, frames: int, timeout: float
             executable_path=CHROMIUM, args=[*CHROMIUM_FLAGS, f"--use-file-for-fake-video-capture={y4m}"])
         try:
             page = await browser.new_page()
-            await page.goto(url)
-            started = time.perf_counter()
-            state: dict[str, Any] = {}
-            while time.perf_counter() - started < timeout:
-                state = await page.evaluate("() => ({...window.yolo})")
-                if state["framesShown"] >= frames or state["errors"]:
-                    break
-                await asyncio.sleep(0.5)
-            state["seconds"] = time.perf_counter() - started
-            state["green_pixels"] = await page.evaluate(GREEN_PIXELS_JS)
+            await page.goto(f"{base}/yolo/?autostart")
+            yolo = await wait_for(page, "yolo", f"(s) => s.framesShown >= {frames}", timeout)
+            yolo["green_pixels"] = await page.evaluate(GREEN_PIXELS_JS)
             await page.screenshot(path=screenshot)
             await page.click("#stop")
-            state["after_stop"] = (await page.evaluate("() => window.yolo.state"))
-            return state
+            yolo["after_stop"] = await page.evaluate("() => window.yolo.state")
+
+            page = await browser.new_page()
+            await page.goto(f"{base}/matrix-game/?autostart")
+            world = await wait_for(page, "world", "(s) => s.framesShown >= 3", timeout)
+            await page.keyboard.down("w")  # held: the action becomes "w u" and is sent
+            world["action"] = await page.evaluate("() => window.world.action")
+            await page.keyboard.up("w")
+            await page.keyboard.press(" ")  # pause: the server's `pause` reply sets `paused`
+            paused = await wait_for(page, "world", "(s) => s.paused", 30)
+            world["paused"], world["errors"] = paused["paused"], paused["errors"]
+            await page.click("#stop")
+            world["after_stop"] = await page.evaluate("() => window.world.state")
+            return {"yolo": yolo, "world": world}
         finally:
             await browser.close()
 
@@ -121,19 +135,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="ray-browser-") as temp:
         try:
             base = start_serve(temp)
-            url, server = page_url(base)
-            result = asyncio.run(drive(url, args.y4m, args.screenshot, args.frames, args.timeout))
-            result["served_by_app"] = server is None
-            if server is not None:
-                server.shutdown()
-            deadline = time.time() + 30
-            while time.time() < deadline:
-                stats = serve.get_deployment_handle("yolo", app_name="default").stats.remote().result(
-                    timeout_s=30)
-                if stats["active_sessions"] == 0:
-                    break
-                time.sleep(0.5)
-            result["server"] = stats
+            result = asyncio.run(drive(base, args.y4m, args.screenshot, args.frames, args.timeout))
+            result["yolo"]["server"] = service_stats("yolo", "active_sessions")
+            result["world"]["server"] = service_stats("matrix-game", "busy")
             Path(args.out).write_text(json.dumps(result))
         finally:
             serve.shutdown()
