@@ -17,26 +17,22 @@ import pytest
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from websockets.asyncio.client import ClientConnection, connect
 
-from serve_app.webrtc import restrict_host_addresses
+from tests.realtime import loopback_candidates, realtime_url, service_stats
 
 
 @pytest.fixture(scope="module", autouse=True)
 def loopback_peer() -> Iterator[None]:
-    restrict_host_addresses(["127.0.0.1"])  # this process's peer offers loopback candidates only
-    yield
-    restrict_host_addresses(None)
+    with loopback_candidates():  # this process's peer offers loopback candidates only
+        yield
 
 
 @pytest.fixture(scope="module")
 def ws_url(serve_url: str) -> str:
-    return serve_url.replace("http://", "ws://") + "/matrix-game/realtime"
+    return realtime_url(serve_url, "matrix-game")
 
 
 def stats() -> dict[str, int]:
-    from ray import serve
-
-    handle = serve.get_deployment_handle("matrix-game", app_name="default")
-    return handle.stats.remote().result(timeout_s=30)  # type: ignore[no-any-return]
+    return service_stats("matrix-game")
 
 
 async def send(ws: ClientConnection, message: dict[str, Any]) -> None:

@@ -18,26 +18,22 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from deployments.yolo.client import WebSocketSignaller, stream
 from deployments.yolo.frames import FrameSink, PatternTrack, TaggedTrack
-from serve_app.webrtc import restrict_host_addresses
+from tests.realtime import loopback_candidates, realtime_url, service_stats
 
 
 @pytest.fixture(scope="module", autouse=True)
 def loopback_peer() -> Iterator[None]:
-    restrict_host_addresses(["127.0.0.1"])  # this process's peer offers loopback candidates only
-    yield
-    restrict_host_addresses(None)
+    with loopback_candidates():  # this process's peer offers loopback candidates only
+        yield
 
 
 @pytest.fixture(scope="module")
 def ws_url(serve_url: str) -> str:
-    return serve_url.replace("http://", "ws://") + "/yolo/realtime"
+    return realtime_url(serve_url, "yolo")
 
 
 def yolo_stats() -> dict[str, int]:
-    from ray import serve
-
-    return serve.get_deployment_handle("yolo", app_name="default").stats.remote().result(  # type: ignore[no-any-return]
-        timeout_s=30)
+    return service_stats("yolo")
 
 
 def wait_until_idle(timeout: float = 30) -> dict[str, int]:

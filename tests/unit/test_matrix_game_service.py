@@ -20,6 +20,7 @@ from serve_app.models.source import ModelSource
 from serve_app.realtime import LocalConnection
 from serve_app.service import RunContext
 from serve_app.webrtc import install_marker_jitter_buffer, live_peer_connections, restrict_host_addresses
+from tests.realtime import run_local_session
 
 
 @pytest.fixture(scope="module")
@@ -76,18 +77,7 @@ async def frames(track: MediaStreamTrack, n: int) -> list[np.ndarray]:
 
 
 def run(service: MatrixGameService, body: Any) -> Any:
-    async def scenario() -> Any:
-        conn = LocalConnection(encoding="msgpack")
-        task = asyncio.ensure_future(service.session(conn, RunContext("test")))
-        try:
-            return await body(conn, task)
-        finally:
-            if not task.done():
-                await conn.client_close()
-            await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 60)
-
-    restrict_host_addresses(["127.0.0.1"])
-    return asyncio.run(scenario())
+    return run_local_session(service, body, timeout_s=60)
 
 
 def test_a_session_streams_frames_takes_actions_and_pauses(service: MatrixGameService,

@@ -23,6 +23,7 @@ from serve_app.models.source import ModelSource
 from serve_app.realtime import LocalConnection
 from serve_app.service import RunContext
 from serve_app.webrtc import install_marker_jitter_buffer, live_peer_connections, restrict_host_addresses
+from tests.realtime import run_local_session
 
 YOLOV8N_PARAMETERS = 3_157_200  # ultralytics' summary of yolov8n.yaml (nc=80)
 
@@ -99,18 +100,7 @@ def test_frame_tags_round_trip_and_overdrawn_tags_are_rejected() -> None:
 
 
 def run_session(service: YoloService, body: Any) -> Any:
-    async def scenario() -> Any:
-        conn = LocalConnection(encoding="msgpack")
-        task = asyncio.ensure_future(service.session(conn, RunContext("test")))
-        try:
-            return await body(conn, task)
-        finally:
-            if not task.done():
-                await conn.client_close()
-            await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 20)
-
-    restrict_host_addresses(["127.0.0.1"])
-    return asyncio.run(scenario())
+    return run_local_session(service, body, timeout_s=20)
 
 
 def test_a_session_streams_annotated_frames_back_and_frees_everything(service: YoloService) -> None:
