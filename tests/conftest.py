@@ -20,7 +20,15 @@ def _has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
+# The session's dev app (tests/app/conftest.py) keeps a few dozen Ray actors alive until the session
+# ends; on a 2-core machine their idle work slows every test that runs beside it, most of all the
+# ones that start a cluster or an app of their own (two nodes, the browser pages, the benches).
+DEV_APP_FIXTURE = "serve_url"
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # The tests that use the dev app run last (in their usual order), so it is up only while they run.
+    items[:] = sorted(items, key=lambda item: DEV_APP_FIXTURE in getattr(item, "fixturenames", ()))
     if _has_cuda():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU (run tests/gpu on the device machines)")
