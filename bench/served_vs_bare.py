@@ -337,8 +337,6 @@ def main() -> None:
         method = f"{r.method:>8.4f}" if r.method is not None else f"{'-':>8}"
         srv = f"{r.served:>8.4f}" if r.served is not None else f"{'-':>8}"
         print(f"{r.case:18} {r.bare:>8.4f} {method} {srv} {ratio} {added}  {r.what}; {parts}")
-    if args.json:
-        Path(args.json).write_text(json.dumps([r.__dict__ for r in rows], indent=1))
 
 
 if __name__ == "__main__":

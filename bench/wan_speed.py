@@ -73,15 +73,6 @@ def build(args: argparse.Namespace, compile_: bool) -> Any:
     return WanService(config(args, compile_), ask=no_llm)
 
 
-def job(args: argparse.Namespace) -> dict[str, Any]:
-    """The request every row makes, as the service resolves it (fal's defaults, seed 0)."""
-    from components import wan
-
-    return {"prompt": "a photo of a cat", "negative_prompt": wan.DEFAULT_NEGATIVE_PROMPT, "width": args.width,
-            "height": args.height, "num_frames": args.frames, "num_inference_steps": args.steps,
-            "guidance_scale": 5.0, "shift": 5.0, "sampler": "unipc", "seed": 0}
-
-
 def time_layout(rank: int, world_size: int, spec: dict[str, Any], request: dict[str, Any], runs: int,
                 device: str) -> dict[str, Any]:
     """On each spawned rank: build the engine of `spec` (the service's own), warm up (compiles, when
@@ -197,9 +188,10 @@ def main() -> None:
         if name == "1":
             continue
         for compile_ in [False, True] if args.compile else [False]:
-            spec = config(args, compile_, ulysses, ring).engine_spec().model_dump()
-            row = run_ranks(time_layout, ulysses * ring, spec, job(args), args.runs, args.device,
-                            backend="nccl" if cuda else "gloo")
+            layout_config = config(args, compile_, ulysses, ring)
+            job = layout_config.job(request, request.prompt, 0).model_dump()  # the same request as the bare row
+            row = run_ranks(time_layout, ulysses * ring, layout_config.engine_spec().model_dump(), job, args.runs,
+                            args.device, backend="nccl" if cuda else "gloo")
             save(f"{name}" + (" compiled" if compile_ else ""), row)
 
     print(f"Wan 2.1 T2V 1.3B, {args.preset} preset, {args.width}x{args.height}, {args.frames} frames, "

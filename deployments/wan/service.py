@@ -95,6 +95,13 @@ class WanConfig(BaseModel):
                           ulysses_degree=self.ulysses if self.world_size > 1 else 1,
                           ring_degree=self.ring_degree, attention_backend=backend, torch_compile=self.torch_compile)
 
+    def job(self, request: WanT2VInput, prompt: str, seed: int) -> WanJob:
+        """What the engine renders for `request` (with the prompt after safety and expansion)."""
+        width, height = self.landscape if request.aspect_ratio == "16:9" else self.portrait
+        return WanJob(prompt=prompt, negative_prompt=request.negative_prompt or wan.DEFAULT_NEGATIVE_PROMPT,
+                      width=width, height=height, num_frames=self.num_frames, num_inference_steps=request.steps,
+                      guidance_scale=request.guidance_scale, shift=request.shift, sampler=request.sampler, seed=seed)
+
 
 def _steps_field() -> Any:
     return Field(default=30, ge=2, le=40, description="Number of inference steps for sampling. Higher values give "
@@ -231,13 +238,8 @@ class WanService(DistributedService):
         """Wan 2.1 1.3B: a 5-second 480p video from a prompt."""
         prompt = await self._prompt(request)
         ctx.check_cancelled()
-        width, height = self.config.landscape if request.aspect_ratio == "16:9" else self.config.portrait
         seed = request.seed if request.seed is not None else secrets.randbelow(2**32)
-        job = WanJob(prompt=prompt, negative_prompt=request.negative_prompt or wan.DEFAULT_NEGATIVE_PROMPT,
-                     width=width, height=height, num_frames=self.config.num_frames,
-                     num_inference_steps=request.steps, guidance_scale=request.guidance_scale, shift=request.shift,
-                     sampler=request.sampler, seed=seed)
-        result = await self._render(job, ctx)
+        result = await self._render(self.config.job(request, prompt, seed), ctx)
         fps = self.config.fps
         video = WanVideo.from_bytes(result["video"], "video/mp4", width=result["width"], height=result["height"],
                                     fps=fps, num_frames=result["num_frames"], duration=result["num_frames"] / fps)

@@ -175,17 +175,21 @@ def test_every_redirect_hop_is_checked(loopback_server: str) -> None:
 
 
 def test_the_apps_own_file_urls_are_read_from_its_store(tmp_path: Path) -> None:
-    """Dev passes `http://127.0.0.1:8000/files/...` URLs as inputs: read from the store, no HTTP."""
+    """Dev passes `http://127.0.0.1:<port>/files/...` URLs as inputs: read from the store, no HTTP
+    (the port is a closed one: nothing there could answer)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        base = f"http://127.0.0.1:{s.getsockname()[1]}"
     store = LocalStore(tmp_path)
     stored = File.from_bytes(b"zip bytes", "application/zip", "photos.zip")
-    asyncio.run(materialize(stored, store, "http://127.0.0.1:8000/"))
+    asyncio.run(materialize(stored, store, base + "/"))
     set_input_store(store)
     assert asyncio.run(fetch_url(stored.url, FIELD)) == b"zip bytes"
-    elsewhere = stored.url.replace("http://127.0.0.1:8000", "https://api.example.com/prefix")
+    elsewhere = stored.url.replace(base, "https://api.example.com/prefix")
     assert asyncio.run(fetch_url(elsewhere, FIELD)) == b"zip bytes"  # the key names the file
     with pytest.raises(FieldError, match="larger than the limit of 3 bytes"):
         asyncio.run(fetch_url(stored.url, FIELD, FetchOptions(max_bytes=3)))
-    unknown = "http://127.0.0.1:8000/files/" + "0" * 32 + "/photos.zip"
+    unknown = base + "/files/" + "0" * 32 + "/photos.zip"
     assert fetch_message(unknown) == BLOCKED_MESSAGE  # not ours: fetched, so refused (loopback)
 
 
