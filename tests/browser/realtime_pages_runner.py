@@ -23,6 +23,7 @@ from typing import Any
 
 import tests.conftest  # noqa: F401  (Ray on loopback, no auth, no telemetry)
 from tests.app.conftest import PYTHONPATH, free_port, load_dev_app
+from tests.realtime import service_stats
 
 CHROMIUM = "/usr/bin/chromium"
 # Headless, no network chatter (the machine has none to offer), a fake camera fed from a file.
@@ -64,14 +65,11 @@ def start_serve(temp: str) -> str:
     return f"http://127.0.0.1:{port}"
 
 
-def service_stats(name: str, settled: str) -> dict[str, Any]:
+def settled_stats(name: str, settled: str) -> dict[str, Any]:
     """The service's stats once `settled` (a stats key) reads 0, or after 30 s."""
-    from ray import serve
-
     deadline = time.time() + 30
     while True:
-        stats: dict[str, Any] = serve.get_deployment_handle(name, app_name="default").stats.remote().result(
-            timeout_s=30)
+        stats = service_stats(name)
         if stats.get(settled) == 0 or time.time() > deadline:
             return stats
         time.sleep(0.5)
@@ -136,8 +134,8 @@ def main() -> None:
         try:
             base = start_serve(temp)
             result = asyncio.run(drive(base, args.y4m, args.screenshot, args.frames, args.timeout))
-            result["yolo"]["server"] = service_stats("yolo", "active_sessions")
-            result["world"]["server"] = service_stats("matrix-game", "busy")
+            result["yolo"]["server"] = settled_stats("yolo", "active_sessions")
+            result["world"]["server"] = settled_stats("matrix-game", "busy")
             Path(args.out).write_text(json.dumps(result))
         finally:
             serve.shutdown()
