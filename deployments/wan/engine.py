@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from components import wan
+from components import context_parallel, wan
 from serve_app.models.source import DtypeName, ModelSource, resolve_dtype
 
 # on_step(step, total) -> True to stop the run after this step
@@ -29,6 +29,8 @@ class EngineSpec(BaseModel):
     ring_degree: int = Field(default=1, ge=1)
     attention_backend: str | None = None
     torch_compile: bool = False
+    # torch.compile's backend; tests use "eager" (dynamo traces the blocks, nothing is generated)
+    compile_backend: str = "inductor"
 
     @property
     def parallel(self) -> bool:
@@ -63,12 +65,12 @@ class WanEngine:
         self.pipe.set_progress_bar_config(disable=True)
         self.base_scheduler = dict(self.pipe.scheduler.config)
         transformer = self.pipe.transformer
+        if spec.torch_compile:  # first: the parallel hooks must wrap the compiled blocks (see the helper)
+            context_parallel.compile_repeated_blocks(transformer, fullgraph=True, backend=spec.compile_backend)
         if spec.parallel:
             wan.enable_context_parallel(transformer, spec.ulysses_degree, spec.ring_degree, spec.attention_backend)
         elif spec.attention_backend:
             transformer.set_attention_backend(spec.attention_backend)
-        if spec.torch_compile:
-            transformer.compile_repeated_blocks(fullgraph=True)
         self._torch = torch
 
     @property

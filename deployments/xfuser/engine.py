@@ -115,7 +115,7 @@ def prepare(pipe: Any, spec: EngineSpec, layout: Layout, rank: int, world_size: 
         speed.fuse_qkv(backbone)
     if spec.backend == "xfuser":
         runner = wrap_xfuser(pipe, spec, layout, rank, world_size, device, dtype)
-        backbone = pipe.transformer  # xfuser replaced it with its wrapper (SDXL: None, not compiled)
+        backbone = getattr(pipe, "transformer", None)  # xfuser's wrapper (SDXL has none: not compiled)
     else:
         runner = pipe
         if spec.backend == "native":

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 CompileMode = Literal["default", "max-autotune-no-cudagraphs", "reduce-overhead", "max-autotune"]
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
@@ -38,6 +38,17 @@ class CompileSpec(BaseModel):
     cache_dir: str | None = Field(default=None, description="Inductor/Triton cache directory shared by the "
                                   "replicas of a node, so a second replica loads compiled kernels instead of "
                                   "compiling. Unset: torch's per-user default (/tmp/torchinductor_<user>).")
+
+    @model_validator(mode="after")
+    def _no_regional_cuda_graphs(self) -> CompileSpec:
+        if self.regional and self.mode in CUDA_GRAPH_MODES:
+            raise ValueError(
+                f"compile.regional with mode {self.mode} (CUDA graphs) is not supported: every block replays one "
+                "graph whose outputs the next replay overwrites while the model still reads them (Flux, "
+                "Ulysses-2 on 2 x H200: 'accessing tensor output of CUDAGraphs that has been overwritten'). "
+                "Use CUDA graphs on the whole transformer (regional: false), or regional without them "
+                "(mode default or max-autotune-no-cudagraphs)")
+        return self
 
 
 def use_compile_cache(cache_dir: str | None) -> None:

@@ -43,6 +43,17 @@ class _StepReporter:
         self.report(self.n, self.total)
 
 
+def forget_xfuser_groups() -> None:
+    """Drop xfuser's module-level group coordinators (world, CFG, sequence, pipeline, ...) so that its
+    next `init_distributed_environment` builds them from the current default group."""
+    from xfuser.core.distributed import parallel_state
+    from xfuser.core.distributed.group_coordinator import GroupCoordinator
+
+    for name, value in list(vars(parallel_state).items()):
+        if isinstance(value, GroupCoordinator):
+            setattr(parallel_state, name, None)
+
+
 class XFuserWorker(DistributedWorker):
     """A rank of the xDiT service (see the module docstring)."""
 
@@ -133,6 +144,19 @@ class XFuserWorker(DistributedWorker):
 
     def teardown(self) -> None:
         self.unload()
+
+    def regroup(self) -> None:
+        """After the runner re-formed the default process group in place: what this rank built from
+        the old group (xfuser's group coordinators, or the native backend's device mesh) is dead with
+        it. Forget it without destroying it (its handles are gone), then load the same spec again on
+        the new group: the weights are rebuilt, so a regroup costs a load (and its warm-up)."""
+        spec = getattr(self, "spec", None)
+        if spec is None:
+            return
+        if spec.backend == "xfuser":
+            forget_xfuser_groups()
+        self.pipe = None  # unload() would destroy groups that no longer exist
+        self.load(**spec.model_dump())
 
     # --- requests -----------------------------------------------------------------------------
     def _progress_bar(self, iterable: Any = None, total: int | None = None) -> Any:

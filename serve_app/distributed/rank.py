@@ -1,6 +1,10 @@
 """The Ray actor that hosts one rank: process-group set-up, calls, the stream buffer, cancellation.
 
 It is a threaded actor, so `drain`, `cancel`, `abort` and `ping` answer while a long `call` runs.
+Ray runs a threaded actor's calls on any of its threads; the worker's own code (`setup`, every
+`call`, `regroup`, `teardown`) runs on one thread of its own instead, because torch keeps state per
+thread: the current CUDA device, and the CUDA graph trees of `reduce-overhead` compilation (replayed
+from another thread they fail an assertion in torch's thread-local lookup; seen on 2 x H200).
 
 The process group's sockets listen on the rendezvous address only: loopback when every rank is on
 one node (STRICT_PACK), else the node's cluster address, never all interfaces. Rank 0 binds the
@@ -15,6 +19,7 @@ subgroups of its own rebuilds them in its `regroup()` hook.
 
 from __future__ import annotations
 
+import concurrent.futures
 import ipaddress
 import logging
 import os
@@ -60,7 +65,12 @@ class RankActor:
         self._listener: socket.socket | None = None
         self._store: Any = None
         self._device: Any = None
-        self._groups_after_setup = 0
+        self._groups_at_abort = 0  # process groups this process knew when `abort` dropped them all
+        self._model_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"rank{rank}-model")
+
+    def _on_model_thread(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run `fn` on the thread that runs all of the worker's code (see the module docstring)."""
+        return self._model_thread.submit(fn, *args, **kwargs).result()
 
     def node_info(self) -> tuple[str, list[str]]:
         """This rank's node address and the GPU ids Ray assigned it."""
@@ -96,6 +106,11 @@ class RankActor:
     def setup(self, master_addr: str, master_port: int, backend: str, timeout_s: float,
               visible_devices: list[str] | None, setup_kwargs: dict[str, Any]) -> int:
         """Join the process group, build the worker and run its `setup(**setup_kwargs)`."""
+        return int(self._on_model_thread(self._setup, master_addr, master_port, backend, timeout_s,
+                                         visible_devices, setup_kwargs))
+
+    def _setup(self, master_addr: str, master_port: int, backend: str, timeout_s: float,
+               visible_devices: list[str] | None, setup_kwargs: dict[str, Any]) -> int:
         import torch
 
         device: Any = torch.device("cpu")
@@ -117,7 +132,6 @@ class RankActor:
         worker.device = device
         self.worker = worker
         self._guard(worker.setup, **setup_kwargs)
-        self._groups_after_setup = _group_count()
         return self.rank
 
     def _join(self, master_addr: str, master_port: int, backend: str, timeout_s: float) -> None:
@@ -147,6 +161,7 @@ class RankActor:
 
         if self.worker is not None:
             self.worker._cancel.set()
+        self._groups_at_abort = _group_count()  # the abort forgets every group, subgroups included
         if dist.is_initialized():
             try:
                 dist.distributed_c10d._abort_process_group()
@@ -156,10 +171,15 @@ class RankActor:
     def regroup(self, master_addr: str, master_port: int, backend: str, timeout_s: float) -> int:
         """Join a fresh process group (after `abort`), keeping the worker and its models; then the
         worker's own `regroup()` rebuilds what it derived from the old group."""
+        return int(self._on_model_thread(self._regroup, master_addr, master_port, backend, timeout_s))
+
+    def _regroup(self, master_addr: str, master_port: int, backend: str, timeout_s: float) -> int:
         import torch.distributed as dist
 
         worker = self._worker()
-        bound = bound_to_group(worker, self._groups_after_setup)
+        # Counted at the abort, not after setup: a worker may make subgroups in a call too (xfuser
+        # does, per layout it loads).
+        bound = bound_to_group(worker, max(self._groups_at_abort, _group_count()))
         if bound:
             raise RuntimeError(f"rank {self.rank}: the worker holds {bound} made from the old process group "
                                "and has no regroup() to rebuild it; the replica must be replaced")
@@ -185,12 +205,10 @@ class RankActor:
     def call(self, payload: dict[str, Any], streaming: bool, as_text_events: bool = False) -> Any:
         """Run one request on this rank. Rank 0's return value (text-encoded when asked) is the
         runner's result."""
-        worker = self._worker()
-        if worker.device is not None and getattr(worker.device, "type", "") == "cuda":
-            import torch
+        return self._on_model_thread(self._call, payload, streaming, as_text_events)
 
-            # Calls run on the actor's threads, which don't inherit the device set in setup().
-            torch.cuda.set_device(worker.device)
+    def _call(self, payload: dict[str, Any], streaming: bool, as_text_events: bool) -> Any:
+        worker = self._worker()
         worker._cancel.clear()
         worker._agreement = None
         while not worker._stream.empty():  # items a cancelled request left behind
@@ -222,6 +240,9 @@ class RankActor:
         return self.rank
 
     def teardown(self) -> None:
+        self._on_model_thread(self._teardown)
+
+    def _teardown(self) -> None:
         import torch.distributed as dist
 
         if self.worker is not None:
@@ -270,13 +291,14 @@ def _group_count() -> int:
     return len(dist.distributed_c10d._world.pg_map) if dist.is_initialized() else 0
 
 
-def bound_to_group(worker: DistributedWorker, groups_after_setup: int) -> str | None:
+def bound_to_group(worker: DistributedWorker, groups: int) -> str | None:
     """What in `worker` still refers to the old process group, when its class has no `regroup()` of
-    its own to rebuild it: subgroups it made (`new_group`), or a DistributedDataParallel wrapper."""
+    its own to rebuild it: subgroups it made (`new_group`; `groups` counts the default one too), or
+    a DistributedDataParallel wrapper."""
     if type(worker).regroup is not DistributedWorker.regroup:
         return None
-    if groups_after_setup > 1:
-        return f"{groups_after_setup - 1} subgroup(s)"
+    if groups > 1:
+        return f"{groups - 1} subgroup(s)"
     from torch.nn.parallel import DistributedDataParallel
 
     if any(isinstance(value, DistributedDataParallel) for value in vars(worker).values()):

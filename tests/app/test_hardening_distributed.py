@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -24,10 +25,17 @@ class LoadedOnceWorker(DistributedWorker):
     def setup(self, **kwargs: Any) -> None:
         self.loaded_at = time.time_ns()
         self.calls = 0
+        self.threads = {threading.get_ident()}
+
+    def regroup(self) -> None:
+        self.threads.add(threading.get_ident())
 
     def __call__(self, streaming: bool = False, fail_rank: int | None = None, stall_rank: int | None = None,
-                 **payload: Any) -> Any:
+                 threads: bool = False, **payload: Any) -> Any:
         self.calls += 1
+        self.threads.add(threading.get_ident())
+        if threads:
+            return len(self.threads)
         if self.rank == fail_rank:
             raise ValueError("a bug reached by an unusual input")
         if self.rank == stall_rank:
@@ -66,6 +74,41 @@ def test_the_same_ranks_serve_again_after_a_failure_and_a_timeout(ray_cluster: N
         items = [item async for item in runner.stream({})]
         assert items[-1] == before
         await runner.check_health()
+        # setup, every call and both regroups ran on one thread (torch keeps CUDA state per thread)
+        assert await asyncio.gather(*[runner.invoke({"threads": True}) for _ in range(4)]) == [1] * 4
+        await runner.stop()
+
+    loop.run_until_complete(scenario())
+
+
+class SubgroupPerCallWorker(DistributedWorker):
+    """Makes a subgroup in a call (as xfuser does per layout), has no `regroup()`; rank 1 can fail."""
+
+    def __call__(self, streaming: bool = False, fail_rank: int | None = None, **payload: Any) -> Any:
+        if not hasattr(self, "group"):
+            self.group = dist.new_group([0, 1])
+        if fail_rank is not None:  # the failing rank raises, the others return: none is left waiting
+            if self.rank == fail_rank:
+                raise ValueError("a bug reached by an unusual input")
+            return 0.0
+        t = torch.ones(1)
+        dist.all_reduce(t, group=self.group)
+        return float(t.item())
+
+
+def test_a_worker_with_subgroups_made_in_a_call_is_not_regrouped_blindly(ray_cluster: None,
+                                                                         loop: asyncio.AbstractEventLoop) -> None:
+    """Its subgroup died with the old group: re-forming the default group alone would leave it dead
+    (the next call fails with "Invalid process group"), so the runner replaces the group instead."""
+    runner = DistributedRunner(SubgroupPerCallWorker, 2, use_gpu=False, num_cpus_per_rank=0.05, stop_grace_s=2.0)
+
+    async def scenario() -> None:
+        await runner.start(timeout=120)
+        assert await runner.invoke() == 2.0
+        with pytest.raises(RuntimeError, match="rank 1 failed: ValueError"):
+            await runner.invoke({"fail_rank": 1})
+        assert runner.regroups == 0 and not runner.is_alive()
+        assert "1 subgroup(s)" in str(runner.broken) and "no regroup()" in str(runner.broken)
         await runner.stop()
 
     loop.run_until_complete(scenario())

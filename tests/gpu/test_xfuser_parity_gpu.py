@@ -4,7 +4,8 @@ One runner of N ranks (XFuserWorker, one GPU each, NCCL) loads each family's `ti
 with the plain diffusers backend (every rank computes the single-GPU result; the last rank's image
 comes back), then once per supported layout with xfuser, then Flux with diffusers' own context
 parallelism (`backend: native`), then a few layouts with the speed levers on (fused QKV, regional
-compile with CUDA graphs), and compares the images.
+compile; regional CUDA graphs are refused by the config, see `deployments/xfuser/speed.py`), and
+compares the images.
 
 Tolerances (mean absolute difference of the uint8 images, over 255), and why:
 - CFG parallel, Ulysses, Ring (xfuser or native), and the levers: the same arithmetic as one GPU, in
@@ -46,7 +47,7 @@ SIZE, STEPS = 256, 8
 REQUEST = {"prompt": "a photo of a cat", "negative_prompt": "blurry, low quality", "height": SIZE,
            "width": SIZE, "num_inference_steps": STEPS, "seed": 7}
 BASE = {"model": {"preset": "tiny", "seed": 3}, "dtype": "bfloat16", "warmup_steps": 1}
-LEVERS = {"fuse_qkv": True, "use_torch_compile": True, "compile": {"mode": "reduce-overhead", "regional": True}}
+LEVERS = {"fuse_qkv": True, "use_torch_compile": True, "compile": {"mode": "default", "regional": True}}
 
 
 def layouts_for(family: str, world_size: int, native: bool = False) -> list[dict[str, Any]]:

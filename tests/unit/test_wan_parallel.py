@@ -8,6 +8,7 @@ import socket
 from typing import Any
 
 import numpy as np
+import pytest
 import torch
 
 from deployments.wan.engine import EngineSpec, WanEngine, WanJob
@@ -19,7 +20,7 @@ JOB = WanJob(prompt="a photo of a cat", negative_prompt="blurry, low quality", w
 MP4 = Mp4Options(crf=0, preset="ultrafast")
 
 
-def rank_main(rank: int, world_size: int, port: int, results: Any) -> None:
+def rank_main(rank: int, world_size: int, port: int, results: Any, compiled: bool) -> None:
     import torch.distributed as dist
 
     from deployments.wan.worker import WanWorker
@@ -28,7 +29,8 @@ def rank_main(rank: int, world_size: int, port: int, results: Any) -> None:
     try:
         worker = WanWorker(rank, world_size)
         worker.device = torch.device("cpu")
-        spec = EngineSpec(model=ModelSource(preset="tiny"), ulysses_degree=world_size)
+        spec = EngineSpec(model=ModelSource(preset="tiny"), ulysses_degree=world_size, torch_compile=compiled,
+                          compile_backend="eager")
         worker.setup(spec=spec.model_dump(), fps=16, mp4=MP4.model_dump())
         result = worker(streaming=True, job=JOB.model_dump())
         events = []  # the typed Progress events rank 0 queued for the runner
@@ -43,7 +45,7 @@ def rank_main(rank: int, world_size: int, port: int, results: Any) -> None:
         dist.destroy_process_group()
 
 
-def run_ranks(world_size: int) -> dict[int, tuple[Any, list[Any]]]:
+def run_ranks(world_size: int, compiled: bool = False) -> dict[int, tuple[Any, list[Any]]]:
     import torch.multiprocessing as mp
 
     with socket.socket() as s:
@@ -51,7 +53,7 @@ def run_ranks(world_size: int) -> dict[int, tuple[Any, list[Any]]]:
         port = int(s.getsockname()[1])
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
-    procs = [ctx.Process(target=rank_main, args=(r, world_size, port, results)) for r in range(world_size)]
+    procs = [ctx.Process(target=rank_main, args=(r, world_size, port, results, compiled)) for r in range(world_size)]
     for p in procs:
         p.start()
     out = {}
@@ -63,11 +65,14 @@ def run_ranks(world_size: int) -> dict[int, tuple[Any, list[Any]]]:
     return out
 
 
-def test_ulysses_2_over_gloo_equals_one_process() -> None:
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_ulysses_2_over_gloo_equals_one_process(compiled: bool) -> None:
+    """Compiled: the repeated blocks traced by dynamo in one graph each (its `eager` backend: the same
+    arithmetic), with diffusers' parallel hooks around Wan's first block."""
     single = WanEngine(EngineSpec(model=ModelSource(preset="tiny")), "cpu")
     frames = single.generate(JOB)
     assert frames is not None
-    ranks = run_ranks(2)
+    ranks = run_ranks(2, compiled)
     (video, events), (other, _) = ranks[0], ranks[1]
     assert isinstance(video, dict), video
     assert other is None  # only rank 0 decodes and encodes

@@ -84,9 +84,14 @@ def test_attention_backend_is_checked_per_backend() -> None:
 
 def test_compile_and_fused_qkv_options() -> None:
     cfg = config(model=FLUX, use_torch_compile=True, fuse_qkv=True,
-                 compile={"mode": "reduce-overhead", "regional": True, "cache_dir": "/tmp/cache"})
+                 compile={"mode": "max-autotune-no-cudagraphs", "regional": True, "cache_dir": "/tmp/cache"})
     spec = cfg.engine_spec()
-    assert spec.fuse_qkv and spec.compile == CompileSpec(mode="reduce-overhead", regional=True, cache_dir="/tmp/cache")
+    assert spec.fuse_qkv and spec.compile == CompileSpec(mode="max-autotune-no-cudagraphs", regional=True,
+                                                         cache_dir="/tmp/cache")
+    assert config(model=FLUX, use_torch_compile=True, compile={"mode": "reduce-overhead"}).compile.mode == \
+        "reduce-overhead"  # CUDA graphs of the whole transformer
+    with pytest.raises(ValidationError, match="compile.regional with mode reduce-overhead .CUDA graphs. is not"):
+        config(model=FLUX, use_torch_compile=True, compile={"mode": "reduce-overhead", "regional": True})
     with pytest.raises(ValidationError, match="`compile` settings need use_torch_compile: true"):
         config(model=FLUX, compile={"regional": True})
     with pytest.raises(ValidationError, match="mode"):
@@ -131,10 +136,10 @@ def test_bench_cases_are_service_configs() -> None:
     args = argparse.Namespace(size=1024, cache_dir="/tmp/c")
     for text, backend, levers in (
         ("1:diffusers@c", "diffusers", "c"),
-        ("1:diffusers@ro+rg+qkv", "diffusers", "ro+rg+qkv"),
+        ("1:diffusers@ro+qkv", "diffusers", "ro+qkv"),
         ("2:u2@c", "xfuser", "c"),
-        ("2:native+u2@ro+rg+qkv+attn=_native_cudnn", "native", "ro+rg+qkv+_native_cudnn"),
-        ("sd3/2:cfg@ro+rg", "xfuser", "ro+rg"),
+        ("2:native+u2@ma+rg+qkv+attn=_native_cudnn", "native", "ma+rg+qkv+_native_cudnn"),
+        ("sd3/2:cfg@ro", "xfuser", "ro"),
         ("hunyuandit/2:u2", "xfuser", "eager"),
     ):
         case = module.parse_case(text, "flux")
