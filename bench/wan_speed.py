@@ -15,6 +15,7 @@ method/bare ratio; `--json PATH` writes the numbers as each row finishes.
     python bench/wan_speed.py                     # GPU: 832x480, 81 frames, 30 steps, bf16
     python bench/wan_speed.py --compile --runs 2
     python bench/wan_speed.py --layouts 1 u2 r2 --compile --runs 2   # 2 GPUs: every row in one run
+    python bench/wan_speed.py --layouts u2 r2 --compile --compiled-only --runs 1   # short: compiled 2-GPU rows
     python bench/wan_speed.py --smoke             # CPU, tiny preset, 160x96, 17 frames, 2 steps
 """
 
@@ -105,6 +106,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--compile", action="store_true", help="also time each layout with torch.compile")
+    parser.add_argument("--compiled-only", action="store_true",
+                        help="with --compile: skip the eager rows of the uN / rN layouts (a short device run)")
     parser.add_argument("--json", default=None, help="write the results here")
     parser.add_argument("--attention", default=None,
                         help="diffusers attention backend (e.g. _native_cudnn); bare and method share one "
@@ -187,7 +190,7 @@ def main() -> None:
     for name, (ulysses, ring) in layouts.items():
         if name == "1":
             continue
-        for compile_ in [False, True] if args.compile else [False]:
+        for compile_ in ([True] if args.compiled_only else [False, True]) if args.compile else [False]:
             layout_config = config(args, compile_, ulysses, ring)
             job = layout_config.job(request, request.prompt, 0).model_dump()  # the same request as the bare row
             row = run_ranks(time_layout, ulysses * ring, layout_config.engine_spec().model_dump(), job, args.runs,

@@ -5,7 +5,7 @@ its transformer split by context parallelism, and only rank 0 decodes.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -100,15 +100,48 @@ class WanEngine:
 
     def decode(self, latents: Any) -> Any:
         """uint8 frames `[F, H, W, 3]` (numpy), exactly as WanPipeline's `np` output scaled to 0-255."""
+        with self._torch.inference_mode():
+            video = self.pipe.vae.decode(self._unnormalize(latents), return_dict=False)[0]  # [1, 3, F, H, W]
+            return self._to_uint8(video)
+
+    def decode_chunks(self, latents: Any) -> Iterator[Any]:
+        """`decode` one latent frame at a time (its first frame, then 4 per latent frame): the same
+        uint8 frames, in parts a consumer (the MP4 encoder) can take while the next part decodes.
+
+        Wan's VAE decodes causally, frame by frame, with a cache of its convolutions' inputs; this
+        is diffusers' `AutoencoderKLWan._decode` loop (0.42), yielding each part instead of joining
+        them. A VAE that tiles or patchifies decodes whole, as one part."""
         torch = self._torch
         vae = self.pipe.vae
+        if vae.use_tiling or vae.use_slicing or vae.config.patch_size is not None:
+            yield self.decode(latents)
+            return
         with torch.inference_mode():
-            latents = latents.to(vae.device, vae.dtype)
-            mean = torch.tensor(vae.config.latents_mean).view(1, vae.config.z_dim, 1, 1, 1).to(latents)
-            inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, vae.config.z_dim, 1, 1, 1).to(latents)
-            video = vae.decode(latents / inv_std + mean, return_dict=False)[0]  # [1, 3, F, H, W] in [-1, 1]
-            frames = (video[0].permute(1, 2, 3, 0).float() / 2 + 0.5).clamp(0, 1)
-            return (frames * 255).round().to(torch.uint8).cpu().numpy()
+            z = self._unnormalize(latents)
+            vae.clear_cache()
+            try:
+                x = vae.post_quant_conv(z)
+                for i in range(x.shape[2]):
+                    vae._conv_idx = [0]
+                    out = vae.decoder(x[:, :, i:i + 1], feat_cache=vae._feat_map, feat_idx=vae._conv_idx,
+                                      first_chunk=i == 0)
+                    yield self._to_uint8(out.clamp(-1.0, 1.0))
+            finally:
+                vae.clear_cache()
+
+    def _unnormalize(self, latents: Any) -> Any:
+        torch = self._torch
+        vae = self.pipe.vae
+        latents = latents.to(vae.device, vae.dtype)
+        mean = torch.tensor(vae.config.latents_mean).view(1, vae.config.z_dim, 1, 1, 1).to(latents)
+        inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, vae.config.z_dim, 1, 1, 1).to(latents)
+        return latents / inv_std + mean
+
+    def _to_uint8(self, video: Any) -> Any:
+        """`[1, 3, F, H, W]` in [-1, 1] → uint8 `[F, H, W, 3]` (numpy), as WanPipeline's `np` x 255."""
+        torch = self._torch
+        frames = (video[0].permute(1, 2, 3, 0).float() / 2 + 0.5).clamp(0, 1)
+        return (frames * 255).round().to(torch.uint8).cpu().numpy()
 
     def generate(self, job: WanJob, on_step: StepHook | None = None) -> Any:
         """Denoise and decode: uint8 frames."""

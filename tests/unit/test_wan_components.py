@@ -144,3 +144,32 @@ def test_mp4_is_h264_yuv420p_with_every_frame_at_the_fps() -> None:
 def test_mp4_rejects_what_yuv420p_cannot_hold(bad: Any) -> None:
     with pytest.raises(ValueError):
         encode_mp4(bad, 16)
+
+
+def test_decoding_in_parts_overlapped_with_the_encoder_gives_the_same_video(engine: WanEngine) -> None:
+    """`finish` decodes one latent frame at a time and encodes each part on a thread while the next
+    decodes: the parts are exactly `decode`'s frames (1, then 4 per latent frame), and the MP4 is
+    byte for byte the one encoded from the whole video."""
+    from deployments.wan.worker import finish
+
+    latents = engine.denoise(JOB)
+    whole = engine.decode(latents)
+    parts = list(engine.decode_chunks(latents))
+    assert [len(p) for p in parts] == [1, 4, 4]  # 9 frames from 3 latent frames
+    assert np.array_equal(np.concatenate(parts), whole)
+    options = Mp4Options(crf=0, preset="ultrafast")
+    out = finish(engine, latents, 0.0, 16, options)
+    assert out["video"] == encode_mp4(whole, 16, options)
+    assert (out["num_frames"], out["height"], out["width"]) == (9, 32, 64)
+    assert out["inference_s"] > 0 and out["encode_s"] >= 0
+
+
+def test_the_mp4_writer_takes_one_size_and_needs_frames() -> None:
+    from deployments.wan.video import Mp4Writer
+
+    with Mp4Writer(16) as writer:
+        writer.write(np.zeros((2, 32, 64, 3), np.uint8))
+        with pytest.raises(ValueError, match="frames of 32x32 in a 64x32 video"):
+            writer.write(np.zeros((1, 32, 32, 3), np.uint8))
+    with Mp4Writer(16) as empty, pytest.raises(ValueError, match="no frames"):
+        empty.finish()
