@@ -25,4 +25,10 @@ def test_served_vs_bare_smoke(tmp_path: Path) -> None:
     for row in rows.values():
         assert row["bare"] > 0 and (row["served"] or row["method"]) > 0
     assert {"safety", "encode", "store", "download"} <= set(rows["sana-sprint"]["parts"])
+    for case in ("sana", "sana-sprint", "parallel-sdxl x1"):  # the host's share: the bare call in a Ray actor
+        row = rows[case]
+        assert row["actor"] > 0 and row["actor_nice0"] > 0 and row["again"] > 0
+        assert set(row["cpu_ms"]) == {"bare", "actor", "actor@0", "method", "served", "again"}
+        assert row["facts"]["here"]["niceness"] == os.getpriority(os.PRIO_PROCESS, 0)
+        assert row["facts"]["actor"]["niceness"] >= row["facts"]["here"]["niceness"]  # Ray's workers: 15
     assert "Served vs bare" in run.stdout
