@@ -7,15 +7,15 @@ and times, for the same request and seed:
   3. encode:  the MP4 encoding of the bare frames alone (random weights give noise frames, the worst
               case for H.264; a real video encodes several times faster);
 and, with `--compile`, the method again with the transformer blocks compiled (warm-up compiles).
-`--layouts u2 r2` adds the service's engine on 2 spawned ranks, one GPU each (Ulysses-2, Ring-2;
-`uNrM` for both), built from the service's own config and timed on rank 0 (frames, no MP4), eager and
-with `--compile` compiled: the speed-up over the bare one-GPU pipeline. Prints a table and the
-method/bare ratio; `--json PATH` writes the numbers as each row finishes.
+`--layouts u2 r2 c2` adds the service's engine on 2 spawned ranks, one GPU each (Ulysses-2, Ring-2,
+`uNrM` for both; `c2`: CFG parallel, one guidance branch per rank), built from the service's own
+config and timed on rank 0 (frames, no MP4), eager and with `--compile` compiled: the speed-up over
+the bare one-GPU pipeline. Prints a table and the method/bare ratio; `--json PATH` writes the numbers as each row finishes.
 
     python bench/wan_speed.py                     # GPU: 832x480, 81 frames, 30 steps, bf16
     python bench/wan_speed.py --compile --runs 2
-    python bench/wan_speed.py --layouts 1 u2 r2 --compile --runs 2   # 2 GPUs: every row in one run
-    python bench/wan_speed.py --layouts u2 r2 --compile --compiled-only --runs 1   # short: compiled 2-GPU rows
+    python bench/wan_speed.py --layouts 1 u2 r2 c2 --compile --runs 2   # 2 GPUs: every row in one run
+    python bench/wan_speed.py --layouts u2 c2 --compile --compiled-only --runs 1   # short: compiled 2-GPU rows
     python bench/wan_speed.py --smoke             # CPU, tiny preset, 160x96, 17 frames, 2 steps
 """
 
@@ -52,7 +52,7 @@ def measure(fn: Callable[[], Any], runs: int, cuda: bool, warm_up: bool = True) 
     return times, peak
 
 
-def config(args: argparse.Namespace, compile_: bool, ulysses: int = 1, ring: int = 1) -> Any:
+def config(args: argparse.Namespace, compile_: bool, ulysses: int = 1, ring: int = 1, cfg: int = 1) -> Any:
     """The service's config for this run: the ranks of a layout get its `engine_spec()`, as the service's do."""
     from deployments.wan import WanConfig
 
@@ -60,7 +60,7 @@ def config(args: argparse.Namespace, compile_: bool, ulysses: int = 1, ring: int
         "model": {"preset": args.preset}, "device": args.device, "dtype": args.dtype,
         "landscape": [args.width, args.height], "portrait": [args.height, args.width], "num_frames": args.frames,
         "warmup_steps": 2, "torch_compile": compile_, "attention_backend": args.attention,
-        "world_size": ulysses * ring, "ulysses_degree": ulysses, "ring_degree": ring,
+        "world_size": cfg * ulysses * ring, "ulysses_degree": ulysses, "ring_degree": ring, "cfg_parallel": cfg > 1,
         "resources": {"use_gpu": args.device == "cuda"},
     })
 
@@ -92,12 +92,14 @@ def time_layout(rank: int, world_size: int, spec: dict[str, Any], request: dict[
     return {"load_s": load_s, "first_s": first_s, "times": times, "peak_gib": peak}
 
 
-def parse_layout(text: str) -> tuple[int, int]:
-    """`u2` -> Ulysses 2, `r2` -> Ring 2, `u2r2` -> both."""
+def parse_layout(text: str) -> tuple[int, int, int]:
+    """`u2` -> Ulysses 2, `r2` -> Ring 2, `u2r2` -> both, `c2` -> CFG parallel (ulysses, ring, cfg)."""
+    if text == "c2":
+        return 1, 1, 2
     match = re.fullmatch(r"(?:u(\d+))?(?:r(\d+))?", text)
     if not match or not text:
-        raise argparse.ArgumentTypeError(f"layout {text!r}: use 1, uN, rN or uNrM")
-    return int(match.group(1) or 1), int(match.group(2) or 1)
+        raise argparse.ArgumentTypeError(f"layout {text!r}: use 1, uN, rN, uNrM or c2")
+    return int(match.group(1) or 1), int(match.group(2) or 1), 1
 
 
 def main() -> None:
@@ -116,7 +118,7 @@ def main() -> None:
                         help="1: one GPU (bare, method, MP4 encoding); uN / rN / uNrM: the service's engine on "
                              "N x M spawned ranks, one GPU each (Ulysses / Ring), frames without the MP4")
     args = parser.parse_args()
-    layouts = {name: (1, 1) if name == "1" else parse_layout(name) for name in args.layouts}
+    layouts = {name: (1, 1, 1) if name == "1" else parse_layout(name) for name in args.layouts}
     if args.smoke:
         args.preset, args.device, args.dtype = "tiny", "cpu", "float32"
         args.width, args.height, args.frames, args.steps, args.runs = 160, 96, 17, 2, 1
@@ -187,13 +189,13 @@ def main() -> None:
             if cuda:
                 torch.cuda.empty_cache()
 
-    for name, (ulysses, ring) in layouts.items():
+    for name, (ulysses, ring, cfg) in layouts.items():
         if name == "1":
             continue
         for compile_ in ([True] if args.compiled_only else [False, True]) if args.compile else [False]:
-            layout_config = config(args, compile_, ulysses, ring)
+            layout_config = config(args, compile_, ulysses, ring, cfg)
             job = layout_config.job(request, request.prompt, 0).model_dump()  # the same request as the bare row
-            row = run_ranks(time_layout, ulysses * ring, layout_config.engine_spec().model_dump(), job, args.runs,
+            row = run_ranks(time_layout, cfg * ulysses * ring, layout_config.engine_spec().model_dump(), job, args.runs,
                             args.device, backend="nccl" if cuda else "gloo")
             save(f"{name}" + (" compiled" if compile_ else ""), row)
 

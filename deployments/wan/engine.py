@@ -5,12 +5,14 @@ its transformer split by context parallelism, and only rank 0 decodes.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from components import context_parallel, wan
+from components.cfg_parallel import CfgSplit
 from serve_app.models.source import DtypeName, ModelSource, resolve_dtype
 
 # on_step(step, total) -> True to stop the run after this step
@@ -27,6 +29,7 @@ class EngineSpec(BaseModel):
     vae_dtype: DtypeName = "float32"
     ulysses_degree: int = Field(default=1, ge=1)
     ring_degree: int = Field(default=1, ge=1)
+    cfg_parallel: bool = False  # 2 ranks, one CFG branch each (`components.cfg_parallel`); no sequence split
     attention_backend: str | None = None
     torch_compile: bool = False
     # torch.compile's backend; tests use "eager" (dynamo traces the blocks, nothing is generated)
@@ -34,7 +37,18 @@ class EngineSpec(BaseModel):
 
     @property
     def parallel(self) -> bool:
+        """The sequence is split (Ulysses and/or Ring)."""
         return self.ulysses_degree * self.ring_degree > 1
+
+    @property
+    def world_size(self) -> int:
+        return (2 if self.cfg_parallel else 1) * self.ulysses_degree * self.ring_degree
+
+    @model_validator(mode="after")
+    def _one_split(self) -> EngineSpec:
+        if self.cfg_parallel and self.parallel:
+            raise ValueError("cfg_parallel runs on 2 ranks without a sequence split: ulysses and ring degrees 1")
+        return self
 
 
 class WanJob(BaseModel):
@@ -71,6 +85,11 @@ class WanEngine:
             wan.enable_context_parallel(transformer, spec.ulysses_degree, spec.ring_degree, spec.attention_backend)
         elif spec.attention_backend:
             transformer.set_attention_backend(spec.attention_backend)
+        self.cfg: CfgSplit | None = None
+        if spec.cfg_parallel:
+            import torch.distributed as dist
+
+            self.cfg = CfgSplit(transformer, dist.get_rank(), dist.get_world_size())
         self._torch = torch
 
     @property
@@ -90,12 +109,20 @@ class WanEngine:
                 on_step(step + 1, steps)
             return {}
 
-        result = pipe(
-            prompt=job.prompt, negative_prompt=job.negative_prompt, width=job.width, height=job.height,
-            num_frames=job.num_frames, num_inference_steps=steps, guidance_scale=job.guidance_scale,
-            generator=torch.Generator(device=self.device).manual_seed(job.seed), output_type="latent",
-            callback_on_step_end=callback, max_sequence_length=wan.TEXT_LEN,
-        )
+        prompts: dict[str, Any] = {"prompt": job.prompt, "negative_prompt": job.negative_prompt}
+        split: Any = contextlib.nullcontext()
+        if self.cfg is not None and job.guidance_scale > 1:  # CFG is on: each rank computes one branch
+            cond, negative = pipe.encode_prompt(
+                prompt=job.prompt, negative_prompt=job.negative_prompt, do_classifier_free_guidance=True,
+                max_sequence_length=wan.TEXT_LEN, device=pipe._execution_device, dtype=pipe.transformer.dtype)
+            prompts = {"prompt_embeds": cond, "negative_prompt_embeds": negative}
+            split = self.cfg.active(negative)
+        with split:
+            result = pipe(
+                **prompts, width=job.width, height=job.height, num_frames=job.num_frames, num_inference_steps=steps,
+                guidance_scale=job.guidance_scale, generator=torch.Generator(device=self.device).manual_seed(job.seed),
+                output_type="latent", callback_on_step_end=callback, max_sequence_length=wan.TEXT_LEN,
+            )
         return result.frames
 
     def decode(self, latents: Any) -> Any:

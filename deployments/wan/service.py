@@ -57,6 +57,9 @@ class WanConfig(BaseModel):
     ulysses_degree: int | None = Field(default=None, ge=1, description="Ulysses degree (splits the 12 heads); "
                                        "default: world_size / ring_degree.")
     ring_degree: int = Field(default=1, ge=1, description="Ring degree (GPU only); ulysses x ring = world_size.")
+    cfg_parallel: bool = Field(default=False, description="world_size 2 without a sequence split: one rank computes "
+                               "the prompt's branch of classifier-free guidance, the other the negative prompt's, "
+                               "one all-gather per step (components/cfg_parallel.py).")
     attention_backend: str | None = Field(default=None, description="diffusers attention backend; default: "
                                           "diffusers' own, and `_native_flash` when Ring is used.")
     torch_compile: bool = Field(default=False, description="Compile the transformer blocks (warm-up compiles).")
@@ -73,10 +76,14 @@ class WanConfig(BaseModel):
             if width % 16 or height % 16:
                 raise ValueError(f"{name} {width}x{height}: width and height must be multiples of 16")
             tokens = ((self.num_frames - 1) // 4 + 1) * (height // 16) * (width // 16)
-            if tokens % self.world_size:
+            split = self.ulysses * self.ring_degree
+            if tokens % split:
                 raise ValueError(f"{name} {width}x{height}x{self.num_frames} makes {tokens} tokens, which "
-                                 f"{self.world_size} ranks cannot share evenly")
-        if self.ulysses * self.ring_degree != self.world_size:
+                                 f"{split} ranks cannot share evenly")
+        if self.cfg_parallel and (self.world_size != 2 or self.ulysses * self.ring_degree != 1):
+            raise ValueError(f"cfg_parallel takes world_size 2 and no Ulysses or Ring degree (got world_size "
+                             f"{self.world_size}, ulysses {self.ulysses}, ring {self.ring_degree})")
+        if not self.cfg_parallel and self.ulysses * self.ring_degree != self.world_size:
             raise ValueError(f"ulysses_degree x ring_degree = {self.ulysses * self.ring_degree}, "
                              f"but world_size is {self.world_size}")
         wan.check_context_parallel(wan.HEADS[self.model.preset or "full"], self.ulysses, self.ring_degree)
@@ -87,13 +94,16 @@ class WanConfig(BaseModel):
 
     @property
     def ulysses(self) -> int:
+        if self.cfg_parallel:
+            return self.ulysses_degree or 1
         return self.ulysses_degree or max(1, self.world_size // self.ring_degree)
 
     def engine_spec(self) -> EngineSpec:
         backend = self.attention_backend or (RING_BACKEND if self.ring_degree > 1 else None)
         return EngineSpec(model=self.model, dtype=self.dtype, vae_dtype=self.vae_dtype,
                           ulysses_degree=self.ulysses if self.world_size > 1 else 1,
-                          ring_degree=self.ring_degree, attention_backend=backend, torch_compile=self.torch_compile)
+                          ring_degree=self.ring_degree, cfg_parallel=self.cfg_parallel, attention_backend=backend,
+                          torch_compile=self.torch_compile)
 
     def job(self, request: WanT2VInput, prompt: str, seed: int) -> WanJob:
         """What the engine renders for `request` (with the prompt after safety and expansion)."""

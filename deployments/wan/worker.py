@@ -26,9 +26,11 @@ class WanWorker(DistributedWorker):
     def setup(self, spec: dict[str, Any], fps: int = 16, mp4: dict[str, Any] | None = None,  # type: ignore[override]
               **_: Any) -> None:
         engine_spec = EngineSpec.model_validate(spec)
-        if engine_spec.ulysses_degree * engine_spec.ring_degree != self.world_size:
-            raise ValueError(f"ulysses_degree x ring_degree = {engine_spec.ulysses_degree * engine_spec.ring_degree}"
-                             f" but the runner has {self.world_size} ranks")
+        if engine_spec.world_size != self.world_size:
+            layout = (f"cfg_parallel={engine_spec.cfg_parallel}, ulysses={engine_spec.ulysses_degree}, "
+                      f"ring={engine_spec.ring_degree}")
+            raise ValueError(f"the layout ({layout}) takes {engine_spec.world_size} ranks, but the runner has "
+                             f"{self.world_size}")
         self.engine = WanEngine(engine_spec, str(self.device))
         self.fps = fps
         self.mp4 = Mp4Options.model_validate(mp4 or {})

@@ -1,5 +1,5 @@
 """bench/wan_speed.py in its `--smoke` mode (tiny preset, CPU): the one-process rows and a Ulysses-2
-layout on two spawned ranks (gloo) run end to end, so the GPU run's script can't rot."""
+and a CFG-parallel layout on two spawned ranks each (gloo) run end to end, so the GPU run's script can't rot."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_the_benchmark_runs_on_cpu_with_a_two_rank_layout(tmp_path: Path) -> None:
     out = tmp_path / "wan.json"
-    run = subprocess.run([sys.executable, str(ROOT / "bench" / "wan_speed.py"), "--smoke", "--layouts", "1", "u2",
+    run = subprocess.run([sys.executable, str(ROOT / "bench" / "wan_speed.py"), "--smoke", "--layouts", "1", "u2", "c2",
                           "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]
-    assert set(rows) == {"bare", "method", "encode", "u2"}
+    assert set(rows) == {"bare", "method", "encode", "u2", "c2"}
     assert all(t > 0 for row in rows.values() for t in row["times"])
-    assert rows["u2"]["load_s"] > 0 and rows["u2"]["first_s"] > 0
+    assert all(rows[k]["load_s"] > 0 and rows[k]["first_s"] > 0 for k in ("u2", "c2"))
     assert "method / bare" in run.stdout and "u2" in run.stdout

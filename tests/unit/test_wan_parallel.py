@@ -1,6 +1,7 @@
-"""Context parallelism on CPU: two `WanWorker` ranks (Ulysses-2 over gloo, tiny preset) make the same
-video as one process. No Ray: the ranks are two spawned processes that join a gloo group, as the
-DistributedRunner's rank actors do. Ring needs a GPU (tests/gpu)."""
+"""Two `WanWorker` ranks on CPU (gloo, tiny preset) make the same video as one process: with context
+parallelism (Ulysses-2; compiled too) and with CFG parallelism (one guidance branch per rank). No
+Ray: the ranks are two spawned processes that join a gloo group, as the DistributedRunner's rank
+actors do. Ring needs a GPU (tests/gpu)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ JOB = WanJob(prompt="a photo of a cat", negative_prompt="blurry, low quality", w
 MP4 = Mp4Options(crf=0, preset="ultrafast")
 
 
-def rank_main(rank: int, world_size: int, port: int, results: Any, compiled: bool) -> None:
+def rank_main(rank: int, world_size: int, port: int, results: Any, layout: dict[str, Any]) -> None:
     import torch.distributed as dist
 
     from deployments.wan.worker import WanWorker
@@ -29,15 +30,15 @@ def rank_main(rank: int, world_size: int, port: int, results: Any, compiled: boo
     try:
         worker = WanWorker(rank, world_size)
         worker.device = torch.device("cpu")
-        spec = EngineSpec(model=ModelSource(preset="tiny"), ulysses_degree=world_size, torch_compile=compiled,
-                          compile_backend="eager")
+        spec = EngineSpec(model=ModelSource(preset="tiny"), compile_backend="eager", **layout)
         worker.setup(spec=spec.model_dump(), fps=16, mp4=MP4.model_dump())
         result = worker(streaming=True, job=JOB.model_dump())
         events = []  # the typed Progress events rank 0 queued for the runner
         while not worker._stream.empty():
             event = worker._stream.get_nowait()
             events.append({"step": event.step, "total": event.total})
-        results.put((rank, result, events))
+        cfg_calls = worker.engine.cfg.calls if worker.engine.cfg is not None else None
+        results.put((rank, result, events + [{"cfg_calls": cfg_calls}]))
     except BaseException as e:
         results.put((rank, repr(e), []))
         raise
@@ -45,7 +46,7 @@ def rank_main(rank: int, world_size: int, port: int, results: Any, compiled: boo
         dist.destroy_process_group()
 
 
-def run_ranks(world_size: int, compiled: bool = False) -> dict[int, tuple[Any, list[Any]]]:
+def run_ranks(world_size: int, layout: dict[str, Any]) -> dict[int, tuple[Any, list[Any]]]:
     import torch.multiprocessing as mp
 
     with socket.socket() as s:
@@ -53,7 +54,7 @@ def run_ranks(world_size: int, compiled: bool = False) -> dict[int, tuple[Any, l
         port = int(s.getsockname()[1])
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
-    procs = [ctx.Process(target=rank_main, args=(r, world_size, port, results, compiled)) for r in range(world_size)]
+    procs = [ctx.Process(target=rank_main, args=(r, world_size, port, results, layout)) for r in range(world_size)]
     for p in procs:
         p.start()
     out = {}
@@ -65,15 +66,24 @@ def run_ranks(world_size: int, compiled: bool = False) -> dict[int, tuple[Any, l
     return out
 
 
-@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
-def test_ulysses_2_over_gloo_equals_one_process(compiled: bool) -> None:
+LAYOUTS = {"ulysses-2": {"ulysses_degree": 2},
+           "ulysses-2 compiled": {"ulysses_degree": 2, "torch_compile": True},
+           "cfg-parallel": {"cfg_parallel": True}}
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_two_ranks_over_gloo_equal_one_process(layout: str) -> None:
     """Compiled: the repeated blocks traced by dynamo in one graph each (its `eager` backend: the same
-    arithmetic), with diffusers' parallel hooks around Wan's first block."""
+    arithmetic), with diffusers' parallel hooks around Wan's first block. CFG parallel: each rank
+    computes one branch of guidance, one forward per step instead of two."""
     single = WanEngine(EngineSpec(model=ModelSource(preset="tiny")), "cpu")
     frames = single.generate(JOB)
     assert frames is not None
-    ranks = run_ranks(2, compiled)
-    (video, events), (other, _) = ranks[0], ranks[1]
+    ranks = run_ranks(2, LAYOUTS[layout])
+    (video, events), (other, other_events) = ranks[0], ranks[1]
+    cfg_calls = events.pop()["cfg_calls"]
+    if layout == "cfg-parallel":
+        assert cfg_calls == other_events[-1]["cfg_calls"] == JOB.num_inference_steps
     assert isinstance(video, dict), video
     assert other is None  # only rank 0 decodes and encodes
     assert (video["width"], video["height"], video["num_frames"]) == (64, 32, 9)
