@@ -10,7 +10,8 @@ and, with `--compile`, the method again with the transformer blocks compiled (wa
 `--layouts u2 r2 c2` adds the service's engine on 2 spawned ranks, one GPU each (Ulysses-2, Ring-2,
 `uNrM` for both; `c2`: CFG parallel, one guidance branch per rank), built from the service's own
 config and timed on rank 0 (frames, no MP4), eager and with `--compile` compiled: the speed-up over
-the bare one-GPU pipeline. Prints a table and the method/bare ratio; `--json PATH` writes the numbers as each row finishes.
+the bare one-GPU pipeline. Prints a table and the method/bare ratio; `--json PATH` writes the
+numbers as each row finishes.
 
     python bench/wan_speed.py                     # GPU: 832x480, 81 frames, 30 steps, bf16
     python bench/wan_speed.py --compile --runs 2

@@ -38,7 +38,7 @@ def rank_main(rank: int, world_size: int, port: int, results: Any, layout: dict[
             event = worker._stream.get_nowait()
             events.append({"step": event.step, "total": event.total})
         cfg_calls = worker.engine.cfg.calls if worker.engine.cfg is not None else None
-        results.put((rank, result, events + [{"cfg_calls": cfg_calls}]))
+        results.put((rank, result, [*events, {"cfg_calls": cfg_calls}]))
     except BaseException as e:
         results.put((rank, repr(e), []))
         raise
