@@ -177,8 +177,8 @@ class RankActor:
         import torch.distributed as dist
 
         worker = self._worker()
-        # Counted at the abort, not after setup: a worker may make subgroups in a call too (xfuser
-        # does, per layout it loads).
+        # Counted at the abort, not after setup: a worker may make subgroups in a call too (a
+        # model-parallel library may make them per layout it loads).
         bound = bound_to_group(worker, max(self._groups_at_abort, _group_count()))
         if bound:
             raise RuntimeError(f"rank {self.rank}: the worker holds {bound} made from the old process group "
