@@ -15,7 +15,7 @@ then `actor@0` after renicing its threads to 0 where allowed), and the bare call
 process after everything else (`again`: the drift of the run). Each timing carries `cpu_ms`, a fixed
 pure-Python loop timed just before it in the same process: when it moves, the host moved.
 
-Usage: python bench/served_vs_bare.py [--cases sana sprint sdxl sdxl-n xfuser train] [--runs 5]
+Usage: python bench/served_vs_bare.py [--cases sana sprint sdxl sdxl-n xfuser train wan] [--runs 5]
        python bench/served_vs_bare.py --smoke
 """
 
@@ -353,6 +353,67 @@ def case_xfuser(args: argparse.Namespace, port: int, files: str) -> Row:
     return row
 
 
+def case_wan(args: argparse.Namespace, port: int, files: str) -> Row:
+    """Wan 2.1 T2V 1.3B at 10 steps (not 30: ~3 min for the case, and the fixed costs, the VAE decoding
+    and the MP4, weigh more, so the ratio is conservative). No `again` or `actor`: both need the pipeline
+    rebuilt."""
+    import av  # noqa: F401 (PyAV, the MP4 encoder: a missing package fails here, before any timing)
+    import torch
+
+    from components import wan
+    from deployments.wan import WanConfig, WanService, WanT2VInput
+    from deployments.wan.video import encode_mp4
+    from serve_app.service import RunContext
+
+    width, height, frames = (160, 96, 17) if args.smoke else (832, 480, 81)
+    steps = 2 if args.smoke else 10
+    dtype = "bfloat16" if args.gpu else "float32"
+    # world_size 1: the video renders in the replica, whose GPU and CPUs are its ray_actor_options
+    # (`resources` is per rank, read when world_size > 1)
+    config: dict[str, Any] = {"model": {"preset": args.preset}, "device": args.device, "dtype": dtype,
+                              "landscape": [width, height], "portrait": [height, width], "num_frames": frames,
+                              "warmup_steps": 1 if args.smoke else 2, "resources": {"use_gpu": args.gpu}}
+    if args.smoke:
+        config["mp4"] = {"preset": "veryfast"}  # as dev.yaml; on GPU the service's default, as prod
+    request = WanT2VInput(prompt="a photo of a cat", inference_steps=steps, seed=0)
+
+    async def no_llm(prompt: str, system_prompt: str, max_tokens: int) -> str:
+        raise RuntimeError("the benchmark asks no LLM")
+
+    service = WanService(WanConfig.model_validate(config), ask=no_llm)
+    pipe = service.engine.pipe
+    out: list[Any] = []
+
+    def bare() -> None:
+        """The service's own WanPipeline and scheduler, as the service's defaults, to numpy frames."""
+        pipe.scheduler = wan.make_scheduler(service.engine.base_scheduler, "unipc", 5.0)
+        with torch.inference_mode():
+            video = pipe(prompt=request.prompt, negative_prompt=wan.DEFAULT_NEGATIVE_PROMPT, width=width,
+                         height=height, num_frames=frames, num_inference_steps=steps, guidance_scale=5.0,
+                         generator=torch.Generator(args.device).manual_seed(0), output_type="np")
+        out[:] = [(video.frames[0] * 255).round().astype("uint8")]
+
+    row = Row("wan", f"T2V 1.3B, {steps} steps, {width}x{height}, {frames} frames, {dtype}", 0.0)
+    row.bare = timed_here(row, "bare", bare, args.runs)
+    row.facts["here"] = process_facts()
+    row.method = timed_here(row, "method", lambda: asyncio.run(service.text_to_video(request, RunContext("bench"))),
+                            args.runs)
+    fps, mp4 = service.config.fps, service.config.mp4
+    row.parts["encode"] = timed(lambda: encode_mp4(out[0], fps, mp4), args.runs)
+    # free the in-process pipeline before the served phase (the GPU would hold two; bare holds it too)
+    bare = pipe = service = None  # type: ignore[assignment]
+    out.clear()
+    free()
+    served = Served("wan", "deployments.wan", config,
+                    {"ray_actor_options": {"num_gpus": int(args.gpu), "num_cpus": 1 if args.gpu else 0.1}}, port,
+                    files)
+    row.served = timed_here(row, "served", lambda: served.call("/wan/v2.1/1.3b/text-to-video",
+                                                               request.model_dump(mode="json")), args.runs)
+    row.parts["download"] = statistics.median(served.download_s)
+    served.close()
+    return row
+
+
 def case_train(args: argparse.Namespace) -> Row:
     """s/step of the trainer: the bare loop in this process vs the service's rank (runner)."""
     import torch
@@ -392,7 +453,7 @@ def case_train(args: argparse.Namespace) -> Row:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", nargs="+", default=["sana", "sprint", "sdxl", "sdxl-n", "xfuser", "train"])
+    parser.add_argument("--cases", nargs="+", default=["sana", "sprint", "sdxl", "sdxl-n", "xfuser", "train", "wan"])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--smoke", action="store_true", help="tiny presets on the CPU, one run each")
@@ -430,6 +491,8 @@ def main() -> None:
                 rows.append(case_xfuser(args, port, files))
             elif case == "train":
                 rows.append(case_train(args))
+            elif case == "wan":
+                rows.append(case_wan(args, port, files))
             print(f"done: {case}", flush=True)
             if args.json:  # after each case: a run cut short still leaves what it measured
                 Path(args.json).write_text(json.dumps([r.__dict__ for r in rows], indent=1))

@@ -6,6 +6,7 @@ and times, for the same request and seed:
   2. method:  the service method in this process (prompt, scheduler, denoise, decode, MP4 encoding);
   3. encode:  the MP4 encoding of the bare frames alone (random weights give noise frames, the worst
               case for H.264; a real video encodes several times faster);
+  4. decode:  the VAE decoding alone (float32), part of both rows above;
 and, with `--compile`, the method again with the transformer blocks compiled (warm-up compiles).
 `--layouts u2 r2 c2` adds the service's engine on 2 spawned ranks, one GPU each (Ulysses-2, Ring-2,
 `uNrM` for both; `c2`: CFG parallel, one guidance branch per rank), built from the service's own
@@ -174,6 +175,11 @@ def main() -> None:
         save("method", {"times": times, "peak_gib": peak})
         times, _ = measure(lambda: encode_mp4(frames[0], 16, service.config.mp4), args.runs, False)
         save("encode", {"times": times, "peak_gib": 0.0})
+        # the VAE alone (float32): its time does not depend on the latents' values
+        latents = torch.randn(1, 16, (args.frames - 1) // 4 + 1, args.height // 8, args.width // 8,
+                              device=args.device)
+        times, _ = measure(lambda: service.engine.decode(latents), args.runs, cuda)
+        save("decode", {"times": times, "peak_gib": 0.0})
         del service, pipe
         gc.collect()
         if cuda:
@@ -207,7 +213,7 @@ def main() -> None:
     print(f"{'case':<16} {'s / video':>10} {'min':>8} {'peak GiB':>9} {'x bare':>7}")
     for name, row in rows.items():
         median = statistics.median(row["times"])
-        speedup = f"{bare_s / median:>7.2f}" if bare_s and name != "encode" else f"{'-':>7}"
+        speedup = f"{bare_s / median:>7.2f}" if bare_s and name not in ("encode", "decode") else f"{'-':>7}"
         print(f"{name:<16} {median:>10.2f} {min(row['times']):>8.2f} {row['peak_gib']:>9.1f} {speedup}")
     if "method" in rows and bare_s:
         print(f"method / bare: {statistics.median(rows['method']['times']) / bare_s:.3f}")

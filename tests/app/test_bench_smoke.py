@@ -21,7 +21,7 @@ def test_served_vs_bare_smoke(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
     rows = {r["case"]: r for r in json.loads(out.read_text())}
     assert set(rows) == {"sana", "sana-sprint", "parallel-sdxl x1", "parallel-sdxl x2", "xfuser 1 GPU",
-                         "flux-lora train"}
+                         "flux-lora train", "wan"}
     for row in rows.values():
         assert row["bare"] > 0 and (row["served"] or row["method"]) > 0
     assert {"safety", "encode", "store", "download"} <= set(rows["sana-sprint"]["parts"])
@@ -31,4 +31,9 @@ def test_served_vs_bare_smoke(tmp_path: Path) -> None:
         assert set(row["cpu_ms"]) == {"bare", "actor", "actor@0", "method", "served", "again"}
         assert row["facts"]["here"]["niceness"] == os.getpriority(os.PRIO_PROCESS, 0)
         assert row["facts"]["actor"]["niceness"] >= row["facts"]["here"]["niceness"]  # Ray's workers: 15
+    wan = rows["wan"]  # bare pipeline, the service's method in process, and the served request with its MP4
+    assert wan["bare"] > 0 and wan["method"] > 0 and wan["served"] > 0
+    assert set(wan["parts"]) == {"encode", "download"} and min(wan["parts"].values()) > 0
+    assert set(wan["cpu_ms"]) == {"bare", "method", "served"}
+    assert wan["what"].startswith("T2V 1.3B, 2 steps, 160x96, 17 frames")
     assert "Served vs bare" in run.stdout
