@@ -25,6 +25,7 @@ import logging
 import os
 import queue
 import socket
+import time
 import traceback
 from datetime import timedelta
 from typing import Any
@@ -54,6 +55,15 @@ def _rebuild_rank_failed(rank: int, text: str, tb: str) -> RankFailed:
     return err
 
 
+class _CallEnded:
+    """Put in the stream when call `call_id` ends (returned or raised): a `drain` for that call
+    returns at once instead of at its timeout (the runner's streaming loop would otherwise add up to
+    its 0.25 s poll to every request). Drains for another call skip it."""
+
+    def __init__(self, call_id: int | None) -> None:
+        self.call_id = call_id
+
+
 class RankActor:
     """Hosts `worker_cls(rank, world_size)`; CUDA is touched only in `setup`."""
 
@@ -66,6 +76,7 @@ class RankActor:
         self._store: Any = None
         self._device: Any = None
         self._groups_at_abort = 0  # process groups this process knew when `abort` dropped them all
+        self._ended_call: int | None = None  # the id of the last call that ended (see `_CallEnded`)
         self._model_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"rank{rank}-model")
 
     def _on_model_thread(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -202,34 +213,45 @@ class RankActor:
         except Exception as e:
             raise RankFailed(self.rank, f"{type(e).__name__}: {e}", traceback.format_exc()) from None
 
-    def call(self, payload: dict[str, Any], streaming: bool, as_text_events: bool = False) -> Any:
+    def call(self, payload: dict[str, Any], streaming: bool, as_text_events: bool = False,
+             call_id: int | None = None) -> Any:
         """Run one request on this rank. Rank 0's return value (text-encoded when asked) is the
-        runner's result."""
-        return self._on_model_thread(self._call, payload, streaming, as_text_events)
+        runner's result. `call_id` names the call for `drain`."""
+        return self._on_model_thread(self._call, payload, streaming, as_text_events, call_id)
 
-    def _call(self, payload: dict[str, Any], streaming: bool, as_text_events: bool) -> Any:
+    def _call(self, payload: dict[str, Any], streaming: bool, as_text_events: bool, call_id: int | None) -> Any:
         worker = self._worker()
         worker._cancel.clear()
         worker._agreement = None
         while not worker._stream.empty():  # items a cancelled request left behind
             worker._stream.get_nowait()
-        result = self._guard(worker, streaming=streaming, **payload)
+        try:
+            result = self._guard(worker, streaming=streaming, **payload)
+        finally:
+            worker._stream.put(_CallEnded(call_id))
         if as_text_events and self.rank == 0:
             return to_text_event_json(result)
         return result
 
-    def drain(self, wait_s: float) -> list[Any]:
-        """Intermediate results queued by rank 0's `add_streaming_result` (waits up to `wait_s`
-        for the first one)."""
+    def drain(self, wait_s: float, call_id: int | None = None) -> list[Any]:
+        """Intermediate results queued by rank 0's `add_streaming_result`: waits up to `wait_s` for
+        the first one, and not at all once call `call_id` has ended."""
         worker = self._worker()
-        items = []
-        try:
-            items.append(worker._stream.get(timeout=wait_s))
-            while True:
-                items.append(worker._stream.get_nowait())
-        except queue.Empty:
-            pass
-        return items
+        items: list[Any] = []
+        deadline = time.monotonic() + wait_s
+        while True:
+            if call_id is not None and self._ended_call == call_id:
+                wait: float | None = None  # ended: take what is queued, wait for nothing
+            else:
+                wait = max(0.0, deadline - time.monotonic())
+            try:
+                item = worker._stream.get(timeout=wait) if wait and not items else worker._stream.get_nowait()
+            except queue.Empty:
+                return items
+            if isinstance(item, _CallEnded):
+                self._ended_call = item.call_id  # a stale mark (an older call) changes nothing for this one
+            else:
+                items.append(item)
 
     def cancel(self) -> None:
         """Ask the running call to stop (the worker checks `cancelled` between steps)."""

@@ -91,6 +91,7 @@ class DistributedRunner:
         self.regroups = 0  # process groups re-formed in place after a failed call
         self._rendezvous_addr = "127.0.0.1"
         self._lock: asyncio.Lock | None = None
+        self._call_id = 0  # numbers the calls, so rank 0's drain knows when this one ended
 
     # --- lifecycle ------------------------------------------------------------------------------
     def _create_actors(self) -> None:
@@ -194,10 +195,12 @@ class DistributedRunner:
             raise RunnerBroken(f"distributed ranks are not running ({self.broken or 'not started'})")
 
     def _launch(self, payload: dict[str, Any], streaming: bool, as_text_events: bool) -> list[Any]:
+        """Start the call on every rank; its id (for rank 0's `drain`) is `self._call_id`."""
         import ray
 
+        self._call_id += 1
         payload_ref = ray.put(payload)  # one copy in the object store, read by every rank
-        return [a.call.remote(payload_ref, streaming, as_text_events) for a in self.actors]
+        return [a.call.remote(payload_ref, streaming, as_text_events, self._call_id) for a in self.actors]
 
     async def invoke(self, payload: dict[str, Any] | None = None, timeout: float | None = None,
                      on_event: Callable[[Any], None] | None = None) -> Any:
@@ -246,12 +249,13 @@ class DistributedRunner:
         async with self._call_lock():
             self._ensure_alive()
             refs = self._launch(payload, streaming=True, as_text_events=as_text_events)
+            call_id = self._call_id
             everything = asyncio.ensure_future(self._run_all(refs, timeout, recover=True))
             rank0 = self.actors[0]
             last_item = loop.time()
             try:
                 while True:
-                    drain = asyncio.ensure_future(_await(rank0.drain.remote(0.25)))
+                    drain = asyncio.ensure_future(_await(rank0.drain.remote(0.25, call_id)))
                     await asyncio.wait({drain, everything}, return_when=asyncio.FIRST_COMPLETED)
                     if not drain.done():
                         await asyncio.wait({drain})  # returns within its 0.25 s; its items count
@@ -269,7 +273,7 @@ class DistributedRunner:
                         raise RequestTimeout(f"no streaming result for {streaming_timeout:g} s")
                 results = everything.result()  # raises the ranks' error, if any
                 if self.is_alive():
-                    for item in await _await(rank0.drain.remote(0.0)):
+                    for item in await _await(rank0.drain.remote(0.0, call_id)):
                         yield False, item
                 yield True, results[0]
             except BaseException:

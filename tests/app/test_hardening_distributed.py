@@ -112,3 +112,51 @@ def test_a_worker_with_subgroups_made_in_a_call_is_not_regrouped_blindly(ray_clu
         await runner.stop()
 
     loop.run_until_complete(scenario())
+
+
+class EmitsOnceWorker(DistributedWorker):
+    def __call__(self, streaming: bool = False, fail: bool = False, hold: Any = None, **payload: Any) -> Any:
+        self.progress(1, 1, "step")
+        if hold is not None:
+            hold.wait(10)
+        if fail:
+            raise ValueError("failed after its progress")
+        return "done"
+
+
+def test_a_drain_returns_at_once_after_the_call_ended() -> None:
+    """The runner's streaming loop long-polls rank 0's `drain(0.25, call_id)` until the call's result
+    arrives; a drain that waited its full timeout after the call ended added up to 0.25 s to every
+    streamed request. The rank marks the end of each call (returned or raised), and a drain for that
+    call returns at once; a drain for the next call is not fooled by the old mark."""
+    from serve_app.distributed.rank import RankActor, RankFailed
+
+    actor = RankActor(EmitsOnceWorker, 0, 1)
+    actor.worker = EmitsOnceWorker(0, 1)
+    for call_id, fail in ((1, False), (2, True)):
+        if fail:
+            with pytest.raises(RankFailed, match="failed after its progress"):
+                actor.call({"fail": True}, True, call_id=call_id)
+        else:
+            assert actor.call({}, True, call_id=call_id) == "done"
+        start = time.monotonic()
+        assert [(i.step, i.total) for i in actor.drain(5.0, call_id)] == [(1, 1)]
+        assert actor.drain(5.0, call_id) == [] and actor.drain(5.0, call_id) == []  # ended: no wait
+        assert time.monotonic() - start < 2.0
+    # call 3 has not started yet: its drain waits (the queue still holds call 2's mark), then its item comes
+    hold = threading.Event()
+    start = time.monotonic()
+    assert actor.drain(0.5, 3) == []
+    assert time.monotonic() - start >= 0.45
+    running = threading.Thread(target=actor.call, args=({"hold": hold}, True, False, 3))
+    running.start()
+    try:
+        assert [i.step for i in actor.drain(5.0, 3)] == [1]
+        start = time.monotonic()
+        assert actor.drain(0.5, 3) == []  # call 3 runs: this drain waits its timeout
+        assert time.monotonic() - start >= 0.45
+    finally:
+        hold.set()
+        running.join(10)
+    start = time.monotonic()
+    assert actor.drain(5.0, 3) == [] and time.monotonic() - start < 2.0

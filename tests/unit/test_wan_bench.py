@@ -17,7 +17,7 @@ def test_the_benchmark_runs_on_cpu_with_a_two_rank_layout(tmp_path: Path) -> Non
                           "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]
-    assert set(rows) == {"bare", "method", "encode", "u2", "c2"}
+    assert set(rows) == {"bare", "method", "encode", "decode", "u2", "c2"}
     assert all(t > 0 for row in rows.values() for t in row["times"])
     assert all(rows[k]["load_s"] > 0 and rows[k]["first_s"] > 0 for k in ("u2", "c2"))
     assert "method / bare" in run.stdout and "u2" in run.stdout

@@ -83,6 +83,19 @@ def test_decode_matches_the_pipelines_own_output(engine: WanEngine) -> None:
     assert np.abs(ours.astype(int) - (ref * 255).round().astype(int)).max() <= 1
 
 
+def test_fused_qkv_projections_make_the_same_video(engine: WanEngine) -> None:
+    """`fuse_qkv`: one GEMM with the concatenated weights, the same arithmetic (the same seeded
+    weights; float32 on CPU may round a GEMM's sum differently: within 1/255)."""
+    fused = WanEngine(EngineSpec(model=ModelSource(preset="tiny"), fuse_qkv=True), "cpu")
+    attention = fused.pipe.transformer.blocks[0]
+    assert attention.attn1.fused_projections and hasattr(attention.attn1, "to_qkv")
+    assert attention.attn2.fused_projections and hasattr(attention.attn2, "to_kv")
+    assert not engine.pipe.transformer.blocks[0].attn1.fused_projections
+    ours, ref = fused.generate(JOB), engine.generate(JOB)
+    assert np.abs(ours.astype(int) - ref.astype(int)).max() <= 1
+    assert np.array_equal(fused.generate(JOB), ours)
+
+
 def test_a_step_hook_can_stop_the_run(engine: WanEngine) -> None:
     seen: list[tuple[int, int]] = []
 
