@@ -7,7 +7,8 @@ and times, for the same request and seed:
   3. encode:  the MP4 encoding of the bare frames alone (random weights give noise frames, the worst
               case for H.264; a real video encodes several times faster);
   4. decode:  the VAE decoding alone (float32), part of both rows above;
-and, with `--compile`, the method again with the transformer blocks compiled (warm-up compiles).
+and, with `--compile`, the method again with the transformer blocks compiled (the service's warm-up
+video compiles; `--fuse-qkv` adds a row with fused Q/K/V projections).
 `--layouts u2 r2 c2` adds the service's engine on 2 spawned ranks, one GPU each (Ulysses-2, Ring-2,
 `uNrM` for both; `c2`: CFG parallel, one guidance branch per rank), built from the service's own
 config and timed on rank 0 (frames, no MP4), eager and with `--compile` compiled: the speed-up over
@@ -54,26 +55,27 @@ def measure(fn: Callable[[], Any], runs: int, cuda: bool, warm_up: bool = True) 
     return times, peak
 
 
-def config(args: argparse.Namespace, compile_: bool, ulysses: int = 1, ring: int = 1, cfg: int = 1) -> Any:
+def config(args: argparse.Namespace, compile_: bool, ulysses: int = 1, ring: int = 1, cfg: int = 1,
+           fuse_qkv: bool = False) -> Any:
     """The service's config for this run: the ranks of a layout get its `engine_spec()`, as the service's do."""
     from deployments.wan import WanConfig
 
     return WanConfig.model_validate({
         "model": {"preset": args.preset}, "device": args.device, "dtype": args.dtype,
         "landscape": [args.width, args.height], "portrait": [args.height, args.width], "num_frames": args.frames,
-        "warmup_steps": 2, "torch_compile": compile_, "attention_backend": args.attention,
+        "warmup_steps": 2, "torch_compile": compile_, "fuse_qkv": fuse_qkv, "attention_backend": args.attention,
         "world_size": cfg * ulysses * ring, "ulysses_degree": ulysses, "ring_degree": ring, "cfg_parallel": cfg > 1,
         "resources": {"use_gpu": args.device == "cuda"},
     })
 
 
-def build(args: argparse.Namespace, compile_: bool) -> Any:
+def build(args: argparse.Namespace, compile_: bool, fuse_qkv: bool = False) -> Any:
     from deployments.wan import WanService
 
     async def no_llm(prompt: str, system_prompt: str, max_tokens: int) -> str:
         raise RuntimeError("the benchmark asks no LLM")
 
-    return WanService(config(args, compile_), ask=no_llm)
+    return WanService(config(args, compile_, fuse_qkv=fuse_qkv), ask=no_llm)
 
 
 def time_layout(rank: int, world_size: int, spec: dict[str, Any], request: dict[str, Any], runs: int,
@@ -111,7 +113,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--compile", action="store_true", help="also time each layout with torch.compile")
     parser.add_argument("--compiled-only", action="store_true",
-                        help="with --compile: skip the eager rows of the uN / rN layouts (a short device run)")
+                        help="with --compile: skip the eager rows (bare, method, encode, decode, and the uN / rN "
+                             "layouts' eager rows): a short device run, without the same-run bare baseline")
+    parser.add_argument("--fuse-qkv", action="store_true",
+                        help="with --compile: the 1-GPU compiled method again with fused Q/K/V projections")
     parser.add_argument("--json", default=None, help="write the results here")
     parser.add_argument("--attention", default=None,
                         help="diffusers attention backend (e.g. _native_cudnn); bare and method share one "
@@ -149,7 +154,10 @@ def main() -> None:
             with open(args.json, "w") as f:
                 json.dump({"args": vars(args), "device": device, "load_s": load_s, "rows": rows}, f, indent=1)
 
-    if "1" in layouts:
+    def method(svc: Any) -> Callable[[], None]:
+        return lambda: asyncio.run(svc.text_to_video(request, RunContext("bench")))
+
+    if "1" in layouts and not (args.compile and args.compiled_only):
         from components import wan
 
         start = time.perf_counter()
@@ -165,9 +173,6 @@ def main() -> None:
                        guidance_scale=5.0, generator=torch.Generator(device=args.device).manual_seed(0),
                        output_type="np")
             frames[:] = [(out.frames[0] * 255).round().astype("uint8")]
-
-        def method(svc: Any) -> Callable[[], None]:
-            return lambda: asyncio.run(svc.text_to_video(request, RunContext("bench")))
 
         times, peak = measure(bare, args.runs, cuda)
         save("bare", {"times": times, "peak_gib": peak})
@@ -185,12 +190,15 @@ def main() -> None:
         if cuda:
             torch.cuda.empty_cache()
 
-        if args.compile:
+    if "1" in layouts and args.compile:
+        for fuse_qkv in ([False, True] if args.fuse_qkv else [False]):
             start = time.perf_counter()
-            compiled = build(args, compile_=True)  # its warm-up compiles
+            compiled = build(args, compile_=True, fuse_qkv=fuse_qkv)  # its warm-up video compiles
             load_and_compile_s = time.perf_counter() - start
-            times, peak = measure(method(compiled), args.runs, cuda)
-            save("method_compiled", {"load_and_compile_s": load_and_compile_s, "times": times, "peak_gib": peak})
+            # no warm-up call of our own: the service's warm-up video (2 steps, same sizes) ran every kernel
+            times, peak = measure(method(compiled), args.runs, cuda, warm_up=False)
+            save("method_compiled" + ("+qkv" if fuse_qkv else ""),
+                 {"load_and_compile_s": load_and_compile_s, "times": times, "peak_gib": peak})
             del compiled
             gc.collect()
             if cuda:
@@ -210,11 +218,11 @@ def main() -> None:
           f"{args.steps} steps, {args.dtype}, attention {args.attention or 'default'}, {device}; "
           f"median of {args.runs}")
     bare_s = statistics.median(rows["bare"]["times"]) if "bare" in rows else None
-    print(f"{'case':<16} {'s / video':>10} {'min':>8} {'peak GiB':>9} {'x bare':>7}")
+    print(f"{'case':<20} {'s / video':>10} {'min':>8} {'peak GiB':>9} {'x bare':>7}")
     for name, row in rows.items():
         median = statistics.median(row["times"])
         speedup = f"{bare_s / median:>7.2f}" if bare_s and name not in ("encode", "decode") else f"{'-':>7}"
-        print(f"{name:<16} {median:>10.2f} {min(row['times']):>8.2f} {row['peak_gib']:>9.1f} {speedup}")
+        print(f"{name:<20} {median:>10.2f} {min(row['times']):>8.2f} {row['peak_gib']:>9.1f} {speedup}")
     if "method" in rows and bare_s:
         print(f"method / bare: {statistics.median(rows['method']['times']) / bare_s:.3f}")
 

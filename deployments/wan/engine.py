@@ -32,6 +32,7 @@ class EngineSpec(BaseModel):
     cfg_parallel: bool = False  # 2 ranks, one CFG branch each (`components.cfg_parallel`); no sequence split
     attention_backend: str | None = None
     torch_compile: bool = False
+    fuse_qkv: bool = False  # one projection GEMM for self-attention's Q/K/V (and cross-attention's K/V)
     # torch.compile's backend; tests use "eager" (dynamo traces the blocks, nothing is generated)
     compile_backend: str = "inductor"
 
@@ -79,6 +80,8 @@ class WanEngine:
         self.pipe.set_progress_bar_config(disable=True)
         self.base_scheduler = dict(self.pipe.scheduler.config)
         transformer = self.pipe.transformer
+        if spec.fuse_qkv:  # before compiling: the compiled blocks read the fused weights
+            transformer.fuse_qkv_projections()
         if spec.torch_compile:  # first: the parallel hooks must wrap the compiled blocks (see the helper)
             context_parallel.compile_repeated_blocks(transformer, fullgraph=True, backend=spec.compile_backend)
         if spec.parallel:

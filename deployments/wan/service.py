@@ -63,6 +63,8 @@ class WanConfig(BaseModel):
     attention_backend: str | None = Field(default=None, description="diffusers attention backend; default: "
                                           "diffusers' own, and `_native_flash` when Ring is used.")
     torch_compile: bool = Field(default=False, description="Compile the transformer blocks (warm-up compiles).")
+    fuse_qkv: bool = Field(default=False, description="One projection GEMM for each self-attention's Q, K and V "
+                           "(and each cross-attention's K and V): diffusers' `fuse_qkv_projections`, lossless.")
     resources: RankResources = Field(default_factory=RankResources, description="Per-rank resources (world_size > 1).")
     warmup_steps: int = Field(default=2, ge=0, description="Steps of the warm-up video at the 16:9 size (0: none).")
     start_timeout_s: float = Field(default=1800, gt=0, description="Limit for loading and warming up the ranks.")
@@ -103,7 +105,7 @@ class WanConfig(BaseModel):
         return EngineSpec(model=self.model, dtype=self.dtype, vae_dtype=self.vae_dtype,
                           ulysses_degree=self.ulysses if self.world_size > 1 else 1,
                           ring_degree=self.ring_degree, cfg_parallel=self.cfg_parallel, attention_backend=backend,
-                          torch_compile=self.torch_compile)
+                          torch_compile=self.torch_compile, fuse_qkv=self.fuse_qkv)
 
     def job(self, request: WanT2VInput, prompt: str, seed: int) -> WanJob:
         """What the engine renders for `request` (with the prompt after safety and expansion)."""
