@@ -21,6 +21,12 @@ class Mp4Options(BaseModel):
                      "lossless, 23 x264's default; lower is larger.")
     preset: str = Field(default="medium", pattern="^(" + "|".join(X264_PRESETS) + ")$",
                         description="x264 speed/size trade-off (ultrafast ... veryslow).")
+    lookahead: int | None = Field(
+        default=10, ge=0, le=250,
+        description="x264's rc-lookahead: frames its rate control sees ahead (the medium preset's own: 40). "
+                    "The encoder holds that many frames back, so they are encoded after the last frame is "
+                    "decoded, on the request's time; 10 keeps that tail short (bench/mp4_overlap.py). "
+                    "null: the preset's.")
 
 
 def encode_mp4(frames: Any, fps: int, options: Mp4Options | None = None) -> bytes:
@@ -67,7 +73,10 @@ class Mp4Writer:
             self._container = av.open(str(self._path), mode="w", format="mp4", options={"movflags": "+faststart"})
             self._stream = self._container.add_stream("libx264", rate=self.fps)
             self._stream.width, self._stream.height, self._stream.pix_fmt = width, height, "yuv420p"
-            self._stream.options = {"crf": str(self.options.crf), "preset": self.options.preset}
+            options = {"crf": str(self.options.crf), "preset": self.options.preset}
+            if self.options.lookahead is not None:
+                options["x264-params"] = f"rc-lookahead={self.options.lookahead}"
+            self._stream.options = options
         elif (width, height) != (self._stream.width, self._stream.height):
             raise ValueError(f"frames of {width}x{height} in a {self._stream.width}x{self._stream.height} video")
         for frame in frames:

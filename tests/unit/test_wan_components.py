@@ -152,6 +152,13 @@ def test_mp4_is_h264_yuv420p_with_every_frame_at_the_fps() -> None:
         assert np.abs(decoded[i].astype(int) - frames[i].astype(int)).mean() < 3
 
 
+def test_mp4_lookahead_reaches_x264() -> None:
+    """x264 writes its settings into the stream (an SEI message): the option is the one it used."""
+    frames = np.zeros((9, 32, 64, 3), dtype=np.uint8)
+    assert b"rc_lookahead=10 " in encode_mp4(frames, 16)  # the service's default
+    assert b"rc_lookahead=3 " in encode_mp4(frames, 16, Mp4Options(lookahead=3))
+    assert b"rc_lookahead=40 " in encode_mp4(frames, 16, Mp4Options(lookahead=None))  # medium's own
+
 @pytest.mark.parametrize("bad", [np.zeros((3, 31, 64, 3), np.uint8), np.zeros((3, 32, 64, 3), np.float32),
                                  np.zeros((32, 64, 3), np.uint8)])
 def test_mp4_rejects_what_yuv420p_cannot_hold(bad: Any) -> None:
