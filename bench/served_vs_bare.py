@@ -30,6 +30,7 @@ import statistics
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -478,26 +479,50 @@ def main() -> None:
     port = int(os.environ.get("BENCH_PORT", "8123"))
     serve.start(http_options={"host": "127.0.0.1", "port": port},
                 logging_config={"log_level": "WARNING", "enable_access_log": False})
-    rows = []
+    rows: list[Row] = []
+    failed: list[str] = []
     with tempfile.TemporaryDirectory() as files:
         for case in args.cases:
-            if case in ("sana", "sprint"):
-                rows.append(case_sana(args, port, files, sprint=case == "sprint"))
-            elif case == "sdxl":
-                rows.append(case_sdxl(args, port, files, 1))
-            elif case == "sdxl-n" and (gpus > 1 or args.smoke):
-                rows.append(case_sdxl(args, port, files, max(2, gpus)))
-            elif case == "xfuser":
-                rows.append(case_xfuser(args, port, files))
-            elif case == "train":
-                rows.append(case_train(args))
-            elif case == "wan":
-                rows.append(case_wan(args, port, files))
+            try:
+                run_case(case, args, port, files, gpus, rows)
+            except Exception:  # the other cases still run, and the table still prints
+                failed.append(case)
+                traceback.print_exc()
+                print(f"failed: {case}", flush=True)
+                free()
+                continue
             print(f"done: {case}", flush=True)
             if args.json:  # after each case: a run cut short still leaves what it measured
                 Path(args.json).write_text(json.dumps([r.__dict__ for r in rows], indent=1))
     serve.shutdown()
     ray.shutdown()
+    print_table(args, rows)
+    if failed:
+        sys.exit(f"failed cases: {', '.join(failed)} (tracebacks above)")
+
+
+def run_case(case: str, args: argparse.Namespace, port: int, files: str, gpus: int, rows: list[Row]) -> None:
+    """Run one case and append its row (`sdxl-n` needs 2 GPUs, or the smoke run)."""
+    if case in ("sana", "sprint"):
+        rows.append(case_sana(args, port, files, sprint=case == "sprint"))
+    elif case == "sdxl":
+        rows.append(case_sdxl(args, port, files, 1))
+    elif case == "sdxl-n":
+        if gpus > 1 or args.smoke:  # one GPU: nothing to spread over
+            rows.append(case_sdxl(args, port, files, max(2, gpus)))
+    elif case == "xfuser":
+        rows.append(case_xfuser(args, port, files))
+    elif case == "train":
+        rows.append(case_train(args))
+    elif case == "wan":
+        rows.append(case_wan(args, port, files))
+    else:
+        raise ValueError(f"unknown case {case!r}")
+
+
+def print_table(args: argparse.Namespace, rows: list[Row]) -> None:
+    import torch
+
     device = torch.cuda.get_device_name(0) if args.gpu else "CPU (tiny presets, smoke)"
     print(f"\nServed vs bare on {device}; median of {args.runs} after a warm-up; seconds")
     print(f"{'case':18} {'bare':>8} {'again':>8} {'actor':>8} {'actor@0':>8} {'method':>8} {'served':>8} "

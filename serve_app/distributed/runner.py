@@ -348,6 +348,13 @@ class DistributedRunner:
             for actor in self.actors:
                 actor.cancel.remote()
             _, pending = await asyncio.wait(pending, timeout=self.stop_grace_s)
+            if not pending and _stopped_together(waiters):
+                # Late, but every rank left at the step they agreed on (`cancel_agreed`): no collective
+                # was left half done, so the group is sound and needs no abort (a worker's DDP wrapper
+                # or subgroups stay valid). Slow steps on shared CPUs got here.
+                logger.warning("runner for %s: %s, then stopped together within %.0f s more; group kept",
+                               self.worker_cls.__name__, reason, self.stop_grace_s)
+                return
         try:
             await self._run_all([a.abort.remote() for a in self.actors], self.stop_grace_s)
             if pending:
@@ -370,6 +377,19 @@ class DistributedRunner:
         self.regroups += 1
         logger.warning("runner for %s: %s; process group re-formed in place on port %d (models kept)",
                        self.worker_cls.__name__, reason, port)
+
+
+def _stopped_together(waiters: Sequence[asyncio.Future[Any]]) -> bool:
+    """Every rank's call raised `RequestCancelled` (ranks agree on the step they stop at: see
+    `DistributedWorker.cancel_agreed`), or every one returned."""
+    from serve_app.errors import RequestCancelled
+
+    if any(w.cancelled() for w in waiters):
+        return False
+    errors = [w.exception() for w in waiters]
+    if all(e is None for e in errors):
+        return True
+    return all(e is not None and isinstance(unwrap_remote_error(e), RequestCancelled) for e in errors)
 
 
 def run_blocking(coro: Any) -> Any:

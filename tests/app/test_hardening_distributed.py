@@ -16,11 +16,13 @@ import torch
 import torch.distributed as dist
 
 from serve_app.distributed import DistributedRunner, DistributedWorker
+from serve_app.errors import RequestCancelled
 
 
 class LoadedOnceWorker(DistributedWorker):
     """Records when its "model" was loaded; `fail_rank` raises there before a collective (the other
-    rank waits in it), `stall_rank` keeps that rank out of the collective until cancelled."""
+    rank waits in it), `stall_rank` keeps that rank out of the collective until cancelled, then
+    returns without it."""
 
     def setup(self, **kwargs: Any) -> None:
         self.loaded_at = time.time_ns()
@@ -41,6 +43,7 @@ class LoadedOnceWorker(DistributedWorker):
         if self.rank == stall_rank:
             while not self.cancelled:
                 time.sleep(0.02)
+            return None  # leaves the other rank alone in the collective below
         facts = torch.tensor([float(os.getpid()), float(self.loaded_at % 10**9)])
         gathered = [torch.zeros(2) for _ in range(self.world_size)]
         dist.all_gather(gathered, facts)
@@ -160,3 +163,47 @@ def test_a_drain_returns_at_once_after_the_call_ended() -> None:
         running.join(10)
     start = time.monotonic()
     assert actor.drain(5.0, 3) == [] and time.monotonic() - start < 2.0
+
+
+class SlowStepWorker(DistributedWorker):
+    """Long steps; the cancel is checked between them with a collective, so the ranks stop at the same
+    step. A subgroup made at setup and no `regroup()`: an abort would end the runner."""
+
+    def setup(self, **kwargs: Any) -> None:
+        self.group = dist.new_group([0, 1])
+
+    def __call__(self, streaming: bool = False, steps: int = 50, step_s: float = 1.6, **payload: Any) -> Any:
+        for i in range(steps):
+            self.progress(i + 1, steps)
+            time.sleep(step_s)
+            if self.cancelled_everywhere():
+                raise RequestCancelled()
+            dist.all_reduce(torch.ones(1), group=self.group)
+        return "done"
+
+
+def test_ranks_that_stop_late_but_together_keep_their_group(ray_cluster: None,
+                                                            loop: asyncio.AbstractEventLoop) -> None:
+    """A cancel lands early in a 1.6 s step: the ranks stop together at its end, after the 1 s grace.
+    They left no collective half done, so the runner keeps the group (no abort, no regroup); it used
+    to abort it and, for a worker holding a subgroup or a DDP wrapper, end the replica (seen in CI:
+    the Flux trainer's slow CPU steps)."""
+    runner = DistributedRunner(SlowStepWorker, 2, use_gpu=False, num_cpus_per_rank=0.05, stop_grace_s=1.0)
+
+    async def scenario() -> None:
+        await runner.start(timeout=120)
+        try:
+            first = asyncio.Event()
+            task = asyncio.ensure_future(runner.invoke({}, on_event=lambda event: first.set()))
+            await asyncio.wait_for(first.wait(), 60)
+            started = time.monotonic()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert time.monotonic() - started > 1.0  # past the grace: the recovery path decided
+            assert runner.is_alive() and runner.regroups == 0, runner.broken
+            assert await runner.invoke({"steps": 2, "step_s": 0.01}) == "done"
+        finally:
+            await runner.stop()
+
+    loop.run_until_complete(scenario())
