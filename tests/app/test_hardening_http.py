@@ -202,7 +202,10 @@ def test_queue_jobs_are_honest_owned_and_traced(app_url: str) -> None:
         seen: list[list[str]] = []
         deadline = time.time() + 60
         while time.time() < deadline:  # sample while the three jobs run one after another
-            statuses = [http.get(f"/queue/slow/requests/{i}/status", headers=alice).json()["status"] for i in ids]
+            # Three GETs are not one snapshot: read the later jobs first, so a job that finishes and
+            # hands its slot to the next between two reads can't look like two running at once.
+            statuses = [http.get(f"/queue/slow/requests/{i}/status", headers=alice).json()["status"]
+                        for i in reversed(ids)][::-1]
             seen.append(statuses)
             if statuses.count("COMPLETED") >= 2:
                 break
