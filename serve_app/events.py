@@ -58,9 +58,15 @@ class Partial:
 
 @dataclass
 class Output:
-    """The final output of a call: the last item of every stream."""
+    """The final output of a call: the last item of every stream.
+
+    `timings` (seconds) says where the replica spent the call: `dispatch` (until the method started
+    on its thread), `run` (the method itself) and `store` (storing the output's files). The sync
+    HTTP route sends them as a `Server-Timing` header.
+    """
 
     value: BaseModel
+    timings: dict[str, float] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The output JSON, exactly what the sync call returns."""

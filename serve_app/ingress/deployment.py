@@ -69,7 +69,7 @@ class Ingress:
 
     async def run(self, path: str, arguments: dict[str, Any]) -> dict[str, Any]:
         """Python API, like `fal_client.run`: call `path` (e.g. "/my-model") and return its output JSON."""
-        output, _ = await self.dispatcher.run(path, arguments, uuid.uuid4().hex, self.dispatcher.base_url(None))
+        output, _, _ = await self.dispatcher.run(path, arguments, uuid.uuid4().hex, self.dispatcher.base_url(None))
         return output
 
     async def stream(self, path: str, arguments: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:

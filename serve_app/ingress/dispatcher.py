@@ -8,6 +8,7 @@ typed items on.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -76,12 +77,14 @@ class Dispatcher:
         return route, spec, payload, RequestInfo(request_id, spec.route(route.prefix), base_url, self.caller)
 
     async def run(self, path: str, body: BaseModel | dict[str, Any], request_id: str,
-                  base_url: str, queued: bool = False) -> tuple[dict[str, Any], float]:
-        """Call an endpoint to completion; returns `(output JSON, billable units)`. Unless `queued`
-        (queue jobs have their own bounds), the service's `request_timeout_s` applies: past it the
-        call is cancelled and `RequestTimeout` (504) raised."""
+                  base_url: str, queued: bool = False) -> tuple[dict[str, Any], float, dict[str, float]]:
+        """Call an endpoint to completion; returns `(output JSON, billable units, timings)`. The
+        timings (seconds) are the replica's (`Output.timings`) and `call`, the handle call as this
+        side sees it. Unless `queued` (queue jobs have their own bounds), the service's
+        `request_timeout_s` applies: past it the call is cancelled and `RequestTimeout` (504) raised."""
         route, spec, payload, info = self._prepare(path, body, request_id, base_url)
-        response = spec.handle_for(route.handle, payload).call_endpoint.remote(spec.method, payload, info)
+        called = time.perf_counter()
+        response = spec.handle_for(route.handle, payload).call_endpoint_timed.remote(spec.method, payload, info)
         timeout_s = None if queued else self.timeouts.get(route.name)
         try:
             output = await asyncio.wait_for(asyncio.shield(response), timeout_s) if timeout_s else await response
@@ -91,7 +94,8 @@ class Dispatcher:
         except asyncio.CancelledError:
             _cancel(response)
             raise
-        return output.model_dump(mode="json"), self._bill(route, spec, spec.billable_units(payload))
+        timings = {**(output.timings or {}), "call": time.perf_counter() - called}
+        return output.value.model_dump(mode="json"), self._bill(route, spec, spec.billable_units(payload)), timings
 
     async def stream(self, path: str, body: BaseModel | dict[str, Any], request_id: str,
                      base_url: str, queued: bool = False) -> tuple[AsyncIterator[StreamItem], float]:

@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 
 from serve_app.endpoints import EndpointSpec, ServiceRoute
 from serve_app.errors import to_http
-from serve_app.http import BILLING_HEADER, error_response, format_units
+from serve_app.http import BILLING_HEADER, SERVER_TIMING_HEADER, error_response, format_units, server_timing
 from serve_app.ingress.dispatcher import Dispatcher
 from serve_app.ingress.docs import ENDPOINT_EXTENSION, EventStreamResponse, stream_frame_model
 from serve_app.metrics import RequestMetrics
@@ -64,11 +64,13 @@ def add_endpoint_routes(app: FastAPI, dispatcher: Dispatcher, route: ServiceRout
     async def call(request: Request, body: Annotated[input_model, Body()]) -> JSONResponse:  # type: ignore[valid-type]
         request_id, started = request.state.request_id, time.monotonic()
         try:
-            output, units = await dispatcher.run(path, body, request_id, dispatcher.base_url(request))
+            output, units, timings = await dispatcher.run(path, body, request_id, dispatcher.base_url(request))
         except Exception as exc:
             response = error_response(exc, request_id)
         else:
-            response = JSONResponse(output, headers={BILLING_HEADER: format_units(units)})
+            timings["ingress"] = time.monotonic() - started
+            response = JSONResponse(output, headers={BILLING_HEADER: format_units(units),
+                                                     SERVER_TIMING_HEADER: server_timing(timings)})
         metrics.record(route.name, path, "sync", response.status_code, started)
         return response
 

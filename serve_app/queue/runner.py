@@ -132,7 +132,7 @@ class QueueRunner:
         started = time.monotonic()
         _, spec = self.dispatcher.lookup(claim.path)
         if not spec.stream:  # no progress to report: one unary handle call
-            body, units = await self.dispatcher.run(claim.path, claim.payload, claim.request_id, claim.base_url,
+            body, units, _ = await self.dispatcher.run(claim.path, claim.payload, claim.request_id, claim.base_url,
                                                     queued=True)
             return Outcome(claim.request_id, claim.gateway_request_id, "succeeded", body, 200, None, units,
                            time.monotonic() - started)

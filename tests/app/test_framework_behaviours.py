@@ -25,6 +25,21 @@ def test_internal_error_is_clean_json_500_with_request_id_and_service_recovers(c
     assert ok.json()["file"]["url"].startswith("data:text/plain;base64,")
 
 
+def test_a_sync_call_says_where_its_time_went(client: httpx.Client) -> None:
+    """`Server-Timing` (ms): the method's own run on the replica, the store, the handle call and the
+    ingress route, each containing the one before."""
+    r = client.post(STEPS, json={"steps": 4})  # the fixture's step is 0.05 s
+    assert r.status_code == 200
+    parts = {name: float(dur.removeprefix("dur="))
+             for name, dur in (item.strip().split(";") for item in r.headers["server-timing"].split(","))}
+    assert set(parts) == {"dispatch", "run", "store", "call", "ingress"}
+    assert 200 <= parts["run"] < 2000
+    assert 0 <= parts["dispatch"] < parts["run"] and 0 <= parts["store"] < parts["run"]
+    assert parts["dispatch"] + parts["run"] + parts["store"] <= parts["call"] <= parts["ingress"]
+    failed = client.post(STEPS, json={"steps": 1, "fail_at": 0})
+    assert failed.status_code == 500 and "server-timing" not in failed.headers
+
+
 def test_request_id_defaults_to_serves(client: httpx.Client) -> None:
     r = client.post(STEPS, json={"steps": 1, "fail_at": 0})
     assert r.status_code == 500

@@ -283,9 +283,9 @@ def test_runner_calls_carry_the_clients_request_id() -> None:
         def lookup(self, path: str) -> Any:
             return None, type("Spec", (), {"stream": False})()
 
-        async def run(self, *args: Any, **kwargs: Any) -> tuple[dict[str, Any], float]:
+        async def run(self, *args: Any, **kwargs: Any) -> tuple[dict[str, Any], float, dict[str, float]]:
             seen.append(current_request_id())
-            return {}, 1.0
+            return {}, 1.0, {}
 
     async def scenario() -> None:
         runner = QueueRunner(None, Dispatch(), QueueSettings())  # type: ignore[arg-type]
