@@ -17,7 +17,7 @@ from ray.serve import Application
 from serve_app.endpoints import ServiceRoute, collect_endpoints, collect_realtime
 from serve_app.ingress import Ingress, IngressSettings
 from serve_app.limits import RequestLimits
-from serve_app.service import Service, runtime_user_config
+from serve_app.service import Service, hosted, runtime_user_config
 
 
 class ScalingConfig(BaseModel):
@@ -159,7 +159,7 @@ def bind_service(cls: type[Service], config: BaseModel, name: str, args: Service
     if args._runtime:
         options["user_config"] = {**(options.get("user_config") or {}), **args._runtime}
     args._capacity = capacity(options)
-    deployment: Any = serve.deployment(cls, name=name, **options)
+    deployment: Any = serve.deployment(hosted(cls), name=name, **options)
     prefix = "" if args.route_prefix == "/" else (args.route_prefix or f"/{name}")
     endpoints = collect_endpoints(cls)
     if not prefix and any(not spec.path for spec in endpoints):

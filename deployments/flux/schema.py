@@ -43,6 +43,8 @@ class FluxDevInput(BaseModel):
     num_images: int = Field(default=1, ge=1, le=4, description="The number of images to generate.")
     enable_safety_checker: bool = Field(default=True, description="Black out images flagged as NSFW.")
     output_format: ImageFormat = Field(default="jpeg", description="The format of the generated images.")
+    sync_mode: bool = Field(default=False, description="Return the images inside the response as data URIs "
+                            "instead of URLs to download (nothing is stored).")
 
 
 class FluxLoraInput(FluxDevInput):

@@ -123,7 +123,7 @@ class FluxService(Service):
 
         shas, prepared = await asyncio.to_thread(prepare_new)
         if prepared:
-            await asyncio.to_thread(self._locked, self.adapters.load, prepared, set(shas))
+            await self.to_model_thread(self._locked, self.adapters.load, prepared, set(shas))
         return dict(zip(paths, shas, strict=True))
 
     def _locked(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -228,7 +228,7 @@ class FluxService(Service):
         def notify(step: int, total: int) -> None:  # from the worker thread to the stream, on the loop
             loop.call_soon_threadsafe(ctx.progress, step, total, "denoising")
 
-        return await asyncio.to_thread(self._run, request, weights, ctx, notify, lora_seconds)
+        return await self.to_model_thread(self._run, request, weights, ctx, notify, lora_seconds)  # type: ignore[no-any-return]
 
     @endpoint("/flux-lora", input=FluxLoraInput, output=FluxOutput, billing=billable_units, routing_key=lora_set_key)
     async def generate_with_loras(self, request: FluxLoraInput, ctx: RunContext) -> FluxOutput:

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -206,7 +207,10 @@ class WanService(DistributedService):
             job = WanJob(prompt="a photo of a cat", negative_prompt=wan.DEFAULT_NEGATIVE_PROMPT, width=width,
                          height=height, num_frames=config.num_frames, num_inference_steps=config.warmup_steps,
                          guidance_scale=5.0, shift=5.0, sampler="unipc", seed=0)
-            run_blocking(self._render(job, RunContext("warmup")))
+            if self.engine is not None:  # in the replica: on this thread, the model thread (see `hosted`)
+                self._render_sync(job, lambda step, total: None)
+            else:
+                run_blocking(self._render(job, RunContext("warmup")))
 
     async def _render(self, job: WanJob, ctx: RunContext) -> dict[str, Any]:
         """The video of `job` (see `worker.finish`), on the ranks or in a thread of this replica."""
@@ -216,21 +220,21 @@ class WanService(DistributedService):
             result = await self._render_here(job, ctx)
         return dict(result)
 
-    async def _render_here(self, job: WanJob, ctx: RunContext) -> dict[str, Any]:
+    def _render_sync(self, job: WanJob, on_step: Callable[[int, int], None]) -> dict[str, Any]:
         from deployments.wan.worker import finish
 
+        start = time.perf_counter()
+        latents = self.engine.denoise(job, on_step)
+        return finish(self.engine, latents, start, self.config.fps, self.config.mp4)
+
+    async def _render_here(self, job: WanJob, ctx: RunContext) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
 
         def on_step(step: int, total: int) -> None:
             ctx.check_cancelled()
             loop.call_soon_threadsafe(ctx.progress, step, total, "denoising")
 
-        def run() -> dict[str, Any]:
-            start = time.perf_counter()
-            latents = self.engine.denoise(job, on_step)
-            return finish(self.engine, latents, start, self.config.fps, self.config.mp4)
-
-        work = asyncio.ensure_future(asyncio.to_thread(run))
+        work = asyncio.ensure_future(self.to_model_thread(self._render_sync, job, on_step))
         try:
             return await asyncio.shield(work)
         except asyncio.CancelledError:  # the caller left: the pipeline stops at its next step (ctx.cancelled)

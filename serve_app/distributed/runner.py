@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import itertools
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -91,7 +92,7 @@ class DistributedRunner:
         self.regroups = 0  # process groups re-formed in place after a failed call
         self._rendezvous_addr = "127.0.0.1"
         self._lock: asyncio.Lock | None = None
-        self._call_id = 0  # numbers the calls, so rank 0's drain knows when this one ended
+        self._call_ids = itertools.count(1)  # numbers the calls, so rank 0's drain knows when one ended
 
     # --- lifecycle ------------------------------------------------------------------------------
     def _create_actors(self) -> None:
@@ -194,13 +195,13 @@ class DistributedRunner:
         if not self.is_alive():
             raise RunnerBroken(f"distributed ranks are not running ({self.broken or 'not started'})")
 
-    def _launch(self, payload: dict[str, Any], streaming: bool, as_text_events: bool) -> list[Any]:
-        """Start the call on every rank; its id (for rank 0's `drain`) is `self._call_id`."""
+    def _launch(self, payload: dict[str, Any], streaming: bool, as_text_events: bool) -> tuple[int, list[Any]]:
+        """Start the call on every rank: its id (for rank 0's `drain`) and one ref per rank."""
         import ray
 
-        self._call_id += 1
+        call_id = next(self._call_ids)
         payload_ref = ray.put(payload)  # one copy in the object store, read by every rank
-        return [a.call.remote(payload_ref, streaming, as_text_events, self._call_id) for a in self.actors]
+        return call_id, [a.call.remote(payload_ref, streaming, as_text_events, call_id) for a in self.actors]
 
     async def invoke(self, payload: dict[str, Any] | None = None, timeout: float | None = None,
                      on_event: Callable[[Any], None] | None = None) -> Any:
@@ -221,7 +222,7 @@ class DistributedRunner:
             raise RuntimeError("the ranks returned no result")  # pragma: no cover - _items ends in one
         async with self._call_lock():
             self._ensure_alive()
-            refs = self._launch(payload, streaming=False, as_text_events=False)
+            _, refs = self._launch(payload, streaming=False, as_text_events=False)
             try:
                 results = await self._run_all(refs, timeout, recover=True)
             except (asyncio.CancelledError, GeneratorExit):
@@ -248,8 +249,7 @@ class DistributedRunner:
         loop = asyncio.get_running_loop()
         async with self._call_lock():
             self._ensure_alive()
-            refs = self._launch(payload, streaming=True, as_text_events=as_text_events)
-            call_id = self._call_id
+            call_id, refs = self._launch(payload, streaming=True, as_text_events=as_text_events)
             everything = asyncio.ensure_future(self._run_all(refs, timeout, recover=True))
             rank0 = self.actors[0]
             last_item = loop.time()

@@ -119,6 +119,19 @@ def test_stream_and_errors_over_http(mux_url: str) -> None:
         assert r.status_code == 200 and r.headers["x-fal-billable-units"] == "1", r.text
 
 
+def test_sync_mode_answers_the_image_inline(client: httpx.Client) -> None:
+    """fal's `sync_mode`: the dev app stores outputs as files to download; with it, the same image
+    comes inside the response as a data URI."""
+    stored = client.post("/flux/dev", json=GEN)
+    inline = client.post("/flux/dev", json={**GEN, "sync_mode": True})
+    assert stored.status_code == inline.status_code == 200, inline.text
+    url, data = stored.json()["images"][0]["url"], inline.json()["images"][0]["url"]
+    assert url.startswith("http") and data.startswith("data:image/png;base64,")
+    downloaded = client.get(url)
+    assert downloaded.status_code == 200
+    assert base64.b64decode(data.split(",", 1)[1]) == downloaded.content  # same seed, same bytes
+
+
 def image_zip() -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:

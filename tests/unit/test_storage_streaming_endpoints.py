@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import threading
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -13,7 +16,7 @@ from pydantic import BaseModel
 from serve_app.endpoints import collect_endpoints, endpoint
 from serve_app.events import Progress
 from serve_app.io import File, Image
-from serve_app.service import RunContext, Service
+from serve_app.service import RequestInfo, RunContext, Service, hosted
 from serve_app.storage import DataUrlStorage, DataUrlStore, LocalStorage, LocalStore, make_store, materialize
 from serve_app.streaming import HEARTBEAT, sse_frame, with_heartbeats
 
@@ -116,6 +119,43 @@ def test_stream_endpoint_yields_progress_then_output_and_validates_dicts() -> No
         Svc().root({"n": "many"})
 
 
+class SyncIn(BaseModel):
+    sync_mode: bool = False
+
+
+class SyncOut(BaseModel):
+    image: File
+
+
+class Stored(Service):
+    @endpoint("/img", input=SyncIn, output=SyncOut)
+    def img(self, request: SyncIn, ctx: RunContext) -> SyncOut:
+        ctx.progress(1, 1, "done", preview=Image.from_bytes(b"preview", "image/png", width=1, height=1))
+        return SyncOut(image=File.from_bytes(b"jpeg bytes", "image/jpeg"))
+
+
+BASE = "http://files.example.test/"  # a URL prefix only: nothing is contacted
+
+
+def test_sync_mode_returns_the_output_inline_and_stores_nothing(tmp_path: Path) -> None:
+    """fal's `sync_mode`: the output's files come back as data URLs, whatever the output store; the
+    previews, sent while the work runs, still go to the store."""
+    svc = Stored()
+    svc._serve_store = LocalStore(tmp_path)
+
+    async def run(body: dict[str, object]) -> list[object]:
+        return [x async for x in svc.stream_endpoint("img", body, RequestInfo("r1", base_url=BASE))]
+
+    for body in ({}, {"sync_mode": False}):
+        progress, output = asyncio.run(run(body))
+        assert output.value.image.url.startswith(f"{BASE}files/")  # type: ignore[attr-defined]
+    stored = sorted(tmp_path.iterdir())
+    progress, output = asyncio.run(run({"sync_mode": True}))
+    assert output.value.image.url == "data:image/jpeg;base64," + base64.b64encode(b"jpeg bytes").decode()  # type: ignore[attr-defined]
+    assert progress.preview.url.startswith(f"{BASE}files/")  # type: ignore[attr-defined]
+    assert len(sorted(tmp_path.iterdir())) == len(stored) + 1  # the preview only
+
+
 def _info():  # type: ignore[no-untyped-def]
     from serve_app.service import RequestInfo
 
@@ -167,3 +207,69 @@ def test_closing_the_stream_cancels_an_async_endpoint() -> None:
 
     asyncio.run(run())
     assert svc.cancelled == 1
+
+
+class Threaded(Service):
+    """Records the thread of its construction, warm-up and every call."""
+
+    def __init__(self, warmup: bool = True) -> None:
+        self.threads = {"init": threading.get_ident()}
+        self.ran: list[int] = []
+        self.release = threading.Event()
+        if warmup:
+            self.go({"n": 0})  # a direct call, as a service warms up
+
+    @endpoint("/go", input=In, output=Out)
+    def go(self, request: In, ctx: RunContext) -> Out:
+        self.threads.setdefault("warmup" if request.n == 0 else "call", threading.get_ident())
+        assert threading.get_ident() == self.threads["init"], "a call ran off the model thread"
+        self.ran.append(request.n)
+        if request.n == 1:
+            self.release.wait(10)
+        return Out(files=[])
+
+
+def test_a_service_loads_warms_up_and_runs_every_call_on_its_one_model_thread() -> None:
+    """The builder's `hosted(cls)` constructs a one-at-a-time service on its model thread, and every
+    synchronous call runs there: torch keeps the CUDA device and CUDA graph trees per thread."""
+    svc = hosted(Threaded)()
+    assert type(svc).__name__ == "Threaded" and isinstance(svc, Threaded)
+    assert svc.threads["init"] != threading.get_ident() and svc.threads["warmup"] == svc.threads["init"]
+
+    async def calls() -> None:
+        for n in (2, 3, 4):
+            assert [type(x).__name__ async for x in svc.stream_endpoint("go", {"n": n}, _info())] == ["Output"]
+
+    asyncio.run(calls())
+    assert svc.ran == [0, 2, 3, 4]
+    assert svc.on_model_thread(threading.get_ident) == svc.threads["init"]
+    assert hosted(AsyncSvc) is AsyncSvc  # concurrency-safe: constructed and run where Serve puts it
+
+
+def test_a_request_cancelled_while_it_waits_for_the_model_thread_never_runs() -> None:
+    svc = hosted(Threaded)(warmup=False)
+
+    async def run() -> float:
+        busy = asyncio.ensure_future(_drain(svc.stream_endpoint("go", {"n": 1}, _info())))
+        while not svc.ran:
+            await asyncio.sleep(0.01)
+        waiting = svc.stream_endpoint("go", {"n": 5}, _info())
+        nxt = asyncio.ensure_future(waiting.__anext__())
+        await asyncio.sleep(0.1)
+        nxt.cancel()  # the client went away before its turn
+        started = time.perf_counter()
+        with contextlib.suppress(asyncio.CancelledError):
+            await nxt
+        await waiting.aclose()
+        gone = time.perf_counter() - started
+        svc.release.set()
+        await busy
+        return gone
+
+    gone = asyncio.run(run())
+    assert gone < 1.0  # taken out of the line at once, not after the running call
+    assert svc.ran == [1]
+
+
+async def _drain(items: AsyncIterator[object]) -> list[object]:
+    return [x async for x in items]
