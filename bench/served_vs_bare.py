@@ -4,16 +4,21 @@ For each case, with the same inputs and seeds:
   bare    the library call alone in this process (a diffusers pipeline, the training loop);
   method  the service's code in this process (its endpoint method, or its ranks through the runner);
   served  the full HTTP request through Ray Serve, including the download of every output file.
+Each of method, served (and actor, below) is timed in rounds that alternate with the bare call
+(bare first on even rounds, second on odd ones), so the host's drift, which moved the bare call by
+up to 80 % between minutes on the GPU machine, moves both sides of a ratio alike: `served/bare` is
+the median of the rounds' own ratios, `added` the median of their differences.
 The parts of the difference are measured on their own (safety checker, encoding, storage, the
-download); what is left is the handle hops and HTTP. `--smoke` runs every case with tiny presets on
-the CPU (the README's test command runs it, so the script can't rot).
+download), and the replica says where the served request's time went (its `Server-Timing` header):
+`run` (the endpoint method on the replica), `store`, `handle` (the Ray handle call around them,
+from the ingress) and `http` (the proxy and HTTP around the ingress's route). `--smoke` runs every
+case with tiny presets on the CPU (the README's test command runs it, so the script can't rot).
 
 Where the served path runs in Ray processes, the host can cost as much as our code: launch-bound
 pipelines (Sana, SDXL's UNet) run at the speed of one CPU core. So the Sana and SDXL cases also time
 the bare call inside a plain Ray actor with a replica's resources (`actor`: at Ray's worker niceness,
-then `actor@0` after renicing its threads to 0 where allowed), and the bare call again in this
-process after everything else (`again`: the drift of the run). Each timing carries `cpu_ms`, a fixed
-pure-Python loop timed just before it in the same process: when it moves, the host moved.
+then `actor@0` after renicing its threads to 0 where allowed). Each timing carries `cpu_ms`, a fixed
+pure-Python loop timed just before its rounds in the same process: when it moves, the host moved.
 
 Usage: python bench/served_vs_bare.py [--cases sana sprint sdxl sdxl-n xfuser train wan] [--runs 5]
        python bench/served_vs_bare.py --smoke
@@ -50,11 +55,20 @@ class Row:
     method: float | None = None
     served: float | None = None
     parts: dict[str, float] = field(default_factory=dict)
-    again: float | None = None  # the bare call again, at the end of the case
     actor: float | None = None  # the bare call in a Ray actor, at Ray's worker niceness
     actor_nice0: float | None = None  # ... after renicing the actor's threads to 0
     cpu_ms: dict[str, float] = field(default_factory=dict)  # `cpu_probe()` before each timing
     facts: dict[str, Any] = field(default_factory=dict)  # the processes: niceness, threads, CPUs
+    ratios: dict[str, float] = field(default_factory=dict)  # median of X_i / bare_i over alternating rounds
+    added: dict[str, float] = field(default_factory=dict)  # median of X_i - bare_i
+    served_parts: dict[str, float] = field(default_factory=dict)  # the replica's Server-Timing, medians (s)
+    bare_runs: list[float] = field(default_factory=list)  # every bare timing of the case
+
+    def finish(self) -> Row:
+        """`bare` is the median of every bare timing of the case (all rounds of all pairings)."""
+        if self.bare_runs:
+            self.bare = statistics.median(self.bare_runs)
+        return self
 
 
 def cpu_probe() -> float:
@@ -84,38 +98,80 @@ def renice_threads(value: int) -> str:
     return "ok"
 
 
+@dataclass
+class Elapsed:
+    """What a timed call returns when it times itself (a call into another process)."""
+
+    seconds: float
+
+
 class InActor:
     """A plain Ray actor that builds `factory(*args)` (a zero-argument call) and times it."""
 
     def __init__(self, factory: Callable[..., Callable[[], Any]], *args: Any) -> None:
         self.fn = factory(*args)
 
-    def measure(self, runs: int, niceness: int | None = None) -> dict[str, Any]:
+    def facts(self, niceness: int | None = None) -> dict[str, Any]:
         reniced = renice_threads(niceness) if niceness is not None else None
-        cpu_ms = cpu_probe()
-        return {"time": timed(self.fn, runs), "cpu_ms": cpu_ms, "reniced": reniced, **process_facts()}
+        return {"cpu_ms": cpu_probe(), "reniced": reniced, **process_facts()}
+
+    def once(self) -> Elapsed:
+        return Elapsed(once(self.fn))
 
 
-def in_actor(row: Row, args: argparse.Namespace, factory: Callable[..., Callable[[], Any]], *fargs: Any) -> None:
-    """Time `factory(*fargs)` in a Ray actor with a replica's resources, at Ray's niceness then at 0."""
+def in_actor(row: Row, args: argparse.Namespace, bare: Callable[[], Any],
+             factory: Callable[..., Callable[[], Any]], *fargs: Any) -> None:
+    """Time `factory(*fargs)` in a Ray actor with a replica's resources, at Ray's niceness then at 0,
+    each in rounds alternating with `bare` here."""
     import ray
 
     actor = ray.remote(InActor).options(num_cpus=1 if args.gpu else 0.2, num_gpus=1 if args.gpu else 0).remote(
         factory, *fargs)
-    first = ray.get(actor.measure.remote(args.runs))
-    row.actor, row.cpu_ms["actor"] = first["time"], first["cpu_ms"]
-    second = ray.get(actor.measure.remote(args.runs, 0))
-    row.actor_nice0, row.cpu_ms["actor@0"] = second["time"], second["cpu_ms"]
-    row.facts["actor"] = {k: v for k, v in first.items() if k not in ("time", "cpu_ms", "reniced")}
+
+    def call() -> Elapsed:
+        return ray.get(actor.once.remote())  # type: ignore[no-any-return]
+
+    first = ray.get(actor.facts.remote())
+    row.actor = paired(row, "actor", call, bare, args.runs)
+    row.cpu_ms["actor"] = first["cpu_ms"]
+    second = ray.get(actor.facts.remote(0))
+    row.actor_nice0 = paired(row, "actor@0", call, bare, args.runs)
+    row.cpu_ms["actor@0"] = second["cpu_ms"]
+    row.facts["actor"] = {k: v for k, v in first.items() if k not in ("cpu_ms", "reniced")}
     row.facts["actor@0"] = {"niceness": second["niceness"], "reniced": second["reniced"]}
     ray.kill(actor)
     free()
 
 
-def timed_here(row: Row, key: str, fn: Callable[[], Any], runs: int) -> float:
-    """`timed` in this process, with the CPU probe before it."""
+def paired(row: Row, key: str, fn: Callable[[], Any], bare: Callable[[], Any], runs: int) -> float:
+    """Median seconds of `fn` over `runs` rounds after one warm-up, each round also timing `bare`
+    (before `fn` on even rounds, after it on odd ones). Records the rounds' median ratio and
+    difference to bare, every bare timing, and the CPU probe before the rounds."""
     row.cpu_ms[key] = cpu_probe()
-    return timed(fn, runs)
+    fn()
+    mine: list[float] = []
+    ratios: list[float] = []
+    diffs: list[float] = []
+    for i in range(runs):
+        if i % 2 == 0:
+            b, t = once(bare), once(fn)
+        else:
+            t, b = once(fn), once(bare)
+        row.bare_runs.append(b)
+        mine.append(t)
+        ratios.append(t / b)
+        diffs.append(t - b)
+    row.ratios[key], row.added[key] = statistics.median(ratios), statistics.median(diffs)
+    return statistics.median(mine)
+
+
+def once(fn: Callable[[], Any]) -> float:
+    """Seconds of one call, the GPU's queue drained on both sides (or the call's own figure)."""
+    sync()
+    t = time.perf_counter()
+    result = fn()
+    sync()
+    return result.seconds if isinstance(result, Elapsed) else time.perf_counter() - t
 
 
 def sync() -> None:
@@ -128,14 +184,7 @@ def sync() -> None:
 def timed(fn: Callable[[], Any], runs: int) -> float:
     """Median seconds of `runs` calls after one warm-up."""
     fn()
-    out = []
-    for _ in range(runs):
-        sync()
-        t = time.perf_counter()
-        fn()
-        sync()
-        out.append(time.perf_counter() - t)
-    return statistics.median(out)
+    return statistics.median(once(fn) for _ in range(runs))
 
 
 def file_urls(value: Any) -> Iterator[str]:
@@ -164,10 +213,31 @@ class Served:
         serve.run(app, name="bench", route_prefix="/")
         self.client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=1800)
         self.download_s: list[float] = []
+        self.timings: list[dict[str, float]] = []  # per request: the Server-Timing parts and the POST (s)
+
+    def parts(self) -> dict[str, float]:
+        """Where the served requests' time went (medians, s): the replica's `dispatch`, `run` and
+        `store`, `handle` (the rest of the ingress's handle call), `http` (the rest of the POST
+        around the ingress's route) and `download`. The warm-up request is left out."""
+        rows = self.timings[1:] or self.timings
+        out: dict[str, float] = {}
+        if rows and "call" in rows[0]:
+            for name in ("dispatch", "run", "store"):
+                out[name] = statistics.median(r[name] for r in rows)
+            out["handle"] = statistics.median(r["call"] - r["dispatch"] - r["run"] - r["store"] for r in rows)
+            out["http"] = statistics.median(r["post"] - r["ingress"] for r in rows)
+        if self.download_s:
+            out["download"] = statistics.median(self.download_s)
+        return out
 
     def call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        from serve_app.http import parse_server_timing
+
+        t = time.perf_counter()
         r = self.client.post(path, json=body)
         r.raise_for_status()
+        post_s = time.perf_counter() - t
+        self.timings.append({**parse_server_timing(r.headers.get("server-timing", "")), "post": post_s})
         out = r.json()
         for url in file_urls(out):
             t = time.perf_counter()
@@ -250,22 +320,20 @@ def case_sana(args: argparse.Namespace, port: int, files: str, sprint: bool) -> 
     bare = sana_bare(service, args.size, sprint, args.smoke, args.device)
     method = service.sprint_generate if sprint else service.generate  # type: ignore[attr-defined]
     row = Row("sana-sprint" if sprint else "sana", f"{steps} steps, {args.size}²", 0.0)
-    row.bare = timed_here(row, "bare", bare, args.runs)
+    bare()  # warm-up
     row.facts["here"] = process_facts()
-    in_actor(row, args, sana_in_actor, config, args.size, sprint, args.smoke, args.device)
-    row.method = timed_here(row, "method", lambda: method(request, RunContext()), args.runs)
+    if not (args.smoke and sprint):  # the smoke run times the actor once (Sana's): the same code
+        in_actor(row, args, bare, sana_in_actor, config, args.size, sprint, args.smoke, args.device)
+    row.method = paired(row, "method", lambda: method(request, RunContext()), bare, args.runs)
     row.parts = image_parts(bare("pt").images, service.safety, files, args.runs)
-    # free the service's copy of the models before the served phase (bare keeps its pipe)
-    method = service = None  # type: ignore[assignment]
-    free()
     served = Served("sana", "deployments.sana", config, {"ray_actor_options": {"num_gpus": int(args.gpu)}}, port,
                     files)
     path = "/sana/sprint" if sprint else "/sana"
-    row.served = timed_here(row, "served", lambda: served.call(path, request.model_dump(mode="json")), args.runs)
-    row.parts["download"] = statistics.median(served.download_s)
+    row.served = paired(row, "served", lambda: served.call(path, request.model_dump(mode="json")), bare, args.runs)
+    row.served_parts = served.parts()
+    row.parts["download"] = row.served_parts.pop("download")
     served.close()
-    row.again = timed_here(row, "again", bare, args.runs)
-    return row
+    return row.finish()
 
 
 def sdxl_bare(preset: str, device: str, size: int, steps: int) -> Callable[[], Any]:
@@ -296,24 +364,26 @@ def case_sdxl(args: argparse.Namespace, port: int, files: str, ranks: int) -> Ro
                                 height=args.size, num_inference_steps=steps, seed=0)
     bare = sdxl_bare(args.preset, args.device, args.size, steps)
     row = Row(f"parallel-sdxl x{ranks}", f"{steps} steps CFG, {args.size}², {ranks} image(s)", 0.0)
-    row.bare = timed_here(row, "bare", bare, args.runs)
+    bare()  # warm-up
     row.facts["here"] = process_facts()
-    if ranks == 1:
-        in_actor(row, args, sdxl_bare, args.preset, args.device, args.size, steps)
+    if ranks == 1 and not args.smoke:
+        in_actor(row, args, bare, sdxl_bare, args.preset, args.device, args.size, steps)
     resources = {"use_gpu": args.gpu, "num_cpus_per_rank": 1 if args.gpu else 0.2, "replica_num_cpus": 0.1,
                  "stop_grace_s": 5}
     config = {"model": {"preset": args.preset}, "preview_vae": {"preset": args.preset}, "world_size": ranks,
               "resources": resources, "warmup": False}
+    # The ranks of `method` and of the served replica each hold the GPU(s) in Ray's accounting, so
+    # they take turns, each beside the bare call in this process.
     method = ParallelSDXLService(ParallelSDXLConfig.model_validate(config))
-    row.method = timed_here(row, "method", lambda: asyncio.run(method.generate(request, RunContext())), args.runs)
+    row.method = paired(row, "method", lambda: asyncio.run(method.generate(request, RunContext())), bare, args.runs)
     asyncio.run(method.runner.stop())
     served = Served("parallel-sdxl", "deployments.parallel_sdxl", config, {}, port, files)
-    row.served = timed_here(row, "served", lambda: served.call("/parallel-sdxl", request.model_dump(mode="json")),
-                            args.runs)
-    row.parts["download"] = statistics.median(served.download_s)
+    row.served = paired(row, "served", lambda: served.call("/parallel-sdxl", request.model_dump(mode="json")), bare,
+                        args.runs)
+    row.served_parts = served.parts()
+    row.parts["download"] = row.served_parts.pop("download")
     served.close()
-    row.again = timed_here(row, "again", bare, args.runs)
-    return row
+    return row.finish()
 
 
 def case_xfuser(args: argparse.Namespace, port: int, files: str) -> Row:
@@ -333,9 +403,8 @@ def case_xfuser(args: argparse.Namespace, port: int, files: str) -> Row:
                         num_inference_steps=steps, guidance_scale=7.0, output_type="pil",
                         generator=torch.Generator(args.device).manual_seed(0)).images
 
-    row = Row("xfuser 1 GPU", f"SD3-medium diffusers backend, {steps} steps, {args.size}²", timed(bare, args.runs))
-    pipe = None
-    free()
+    row = Row("xfuser 1 GPU", f"SD3-medium diffusers backend, {steps} steps, {args.size}²", 0.0)
+    bare()  # warm-up
     resources = {"use_gpu": args.gpu, "num_cpus_per_rank": 1 if args.gpu else 0.2, "replica_num_cpus": 0.1,
                  "stop_grace_s": 5}
     config = {"model": {"preset": args.preset}, "family": "sd3", "backend": "diffusers", "world_size": 1,
@@ -347,21 +416,21 @@ def case_xfuser(args: argparse.Namespace, port: int, files: str) -> Row:
     def call() -> None:
         inference.append(served.call("/xfuser", body)["timings"]["inference"])
 
-    row.served = timed(call, args.runs)
-    row.method = statistics.median(inference)  # the ranks' own time, as the service reports it
-    row.parts["download"] = statistics.median(served.download_s)
+    row.served = paired(row, "served", call, bare, args.runs)
+    row.method = statistics.median(inference[1:])  # the ranks' own time, as the service reports it
+    row.served_parts = served.parts()
+    row.parts["download"] = row.served_parts.pop("download")
     served.close()
-    return row
+    return row.finish()
 
 
 def case_wan(args: argparse.Namespace, port: int, files: str) -> Row:
     """Wan 2.1 T2V 1.3B at 10 steps (not 30: ~3 min for the case, and the fixed costs, the VAE decoding
-    and the MP4, weigh more, so the ratio is conservative). No `again` or `actor`: both need the pipeline
-    rebuilt."""
+    and the MP4, weigh more, so the ratio is conservative). No `actor`: it needs the pipeline rebuilt."""
     import av  # noqa: F401 (PyAV, the MP4 encoder: a missing package fails here, before any timing)
     import torch
+    from wan_bare import bare_video
 
-    from components import wan
     from deployments.wan import WanConfig, WanService, WanT2VInput
     from deployments.wan.video import encode_mp4
     from serve_app.service import RunContext
@@ -387,32 +456,26 @@ def case_wan(args: argparse.Namespace, port: int, files: str) -> Row:
 
     def bare() -> None:
         """The service's own WanPipeline and scheduler, as the service's defaults, to numpy frames."""
-        pipe.scheduler = wan.make_scheduler(service.engine.base_scheduler, "unipc", 5.0)
         with torch.inference_mode():
-            video = pipe(prompt=request.prompt, negative_prompt=wan.DEFAULT_NEGATIVE_PROMPT, width=width,
-                         height=height, num_frames=frames, num_inference_steps=steps, guidance_scale=5.0,
-                         generator=torch.Generator(args.device).manual_seed(0), output_type="np")
-        out[:] = [(video.frames[0] * 255).round().astype("uint8")]
+            out[:] = [bare_video(pipe, service.engine.base_scheduler, request.prompt, width=width, height=height,
+                                 frames=frames, steps=steps, device=args.device)]
 
     row = Row("wan", f"T2V 1.3B, {steps} steps, {width}x{height}, {frames} frames, {dtype}", 0.0)
-    row.bare = timed_here(row, "bare", bare, args.runs)
+    bare()  # warm-up
     row.facts["here"] = process_facts()
-    row.method = timed_here(row, "method", lambda: asyncio.run(service.text_to_video(request, RunContext("bench"))),
-                            args.runs)
+    row.method = paired(row, "method", lambda: asyncio.run(service.text_to_video(request, RunContext("bench"))),
+                        bare, args.runs)
     fps, mp4 = service.config.fps, service.config.mp4
     row.parts["encode"] = timed(lambda: encode_mp4(out[0], fps, mp4), args.runs)
-    # free the in-process pipeline before the served phase (the GPU would hold two; bare holds it too)
-    bare = pipe = service = None  # type: ignore[assignment]
-    out.clear()
-    free()
     served = Served("wan", "deployments.wan", config,
                     {"ray_actor_options": {"num_gpus": int(args.gpu), "num_cpus": 1 if args.gpu else 0.1}}, port,
                     files)
-    row.served = timed_here(row, "served", lambda: served.call("/wan/v2.1/1.3b/text-to-video",
-                                                               request.model_dump(mode="json")), args.runs)
-    row.parts["download"] = statistics.median(served.download_s)
+    row.served = paired(row, "served", lambda: served.call("/wan/v2.1/1.3b/text-to-video",
+                                                           request.model_dump(mode="json")), bare, args.runs)
+    row.served_parts = served.parts()
+    row.parts["download"] = row.served_parts.pop("download")
     served.close()
-    return row
+    return row.finish()
 
 
 def case_train(args: argparse.Namespace) -> Row:
@@ -524,21 +587,32 @@ def print_table(args: argparse.Namespace, rows: list[Row]) -> None:
     import torch
 
     device = torch.cuda.get_device_name(0) if args.gpu else "CPU (tiny presets, smoke)"
-    print(f"\nServed vs bare on {device}; median of {args.runs} after a warm-up; seconds")
-    print(f"{'case':18} {'bare':>8} {'again':>8} {'actor':>8} {'actor@0':>8} {'method':>8} {'served':>8} "
-          f"{'served/bare':>11} {'added':>8}  parts (s)")
+    print(f"\nServed vs bare on {device}; medians of {args.runs} rounds after a warm-up, each round beside a "
+          "bare call; seconds")
+    print(f"{'case':18} {'bare':>8} {'actor':>8} {'actor@0':>8} {'method':>8} {'served':>8} "
+          f"{'method/bare':>11} {'served/bare':>11} {'added':>8}  what")
 
     def cell(value: float | None) -> str:
         return f"{value:>8.4f}" if value is not None else f"{'-':>8}"
 
+    def ratio(r: Row, key: str, value: float | None) -> str:
+        if key in r.ratios:
+            return f"{r.ratios[key]:>11.3f}"
+        return f"{value / r.bare:>11.3f}" if value else f"{'-':>11}"
+
     for r in rows:
-        served = r.served if r.served is not None else r.method
-        ratio = f"{served / r.bare:>11.3f}" if served else f"{'-':>11}"
-        added = f"{served - r.bare:>8.4f}" if served else f"{'-':>8}"
+        key = "served" if r.served is not None else "method"
+        value = r.served if r.served is not None else r.method
+        added = r.added.get(key, value - r.bare if value else None)
+        print(f"{r.case:18} {r.bare:>8.4f} {cell(r.actor)} {cell(r.actor_nice0)} {cell(r.method)} {cell(r.served)} "
+              f"{ratio(r, 'method', r.method)} {ratio(r, 'served', r.served)} {cell(added)}  {r.what}")
+    print("\nWhere the time goes (s): the service's parts timed alone; the served request's own split "
+          "(Server-Timing)")
+    for r in rows:
         parts = " ".join(f"{k}={v:.4f}" for k, v in r.parts.items())
-        print(f"{r.case:18} {r.bare:>8.4f} {cell(r.again)} {cell(r.actor)} {cell(r.actor_nice0)} {cell(r.method)} "
-              f"{cell(r.served)} {ratio} {added}  {r.what}; {parts}")
-    print("\nCPU probe (ms for a fixed Python loop, just before each timing, in the process that timed it):")
+        split = " ".join(f"{k}={v:.4f}" for k, v in r.served_parts.items())
+        print(f"{r.case:18} {parts}" + (f" | served: {split}" if split else ""))
+    print("\nCPU probe (ms for a fixed Python loop, before each pairing, in the process that timed it):")
     for r in rows:
         if r.cpu_ms:
             print(f"{r.case:18} " + " ".join(f"{k}={v:.1f}" for k, v in r.cpu_ms.items()))

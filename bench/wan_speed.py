@@ -158,7 +158,7 @@ def main() -> None:
         return lambda: asyncio.run(svc.text_to_video(request, RunContext("bench")))
 
     if "1" in layouts and not (args.compile and args.compiled_only):
-        from components import wan
+        from wan_bare import bare_video
 
         start = time.perf_counter()
         service = build(args, compile_=False)
@@ -167,12 +167,8 @@ def main() -> None:
         frames: list[Any] = []
 
         def bare() -> None:
-            pipe.scheduler = wan.make_scheduler(service.engine.base_scheduler, "unipc", 5.0)
-            out = pipe(prompt=request.prompt, negative_prompt=wan.DEFAULT_NEGATIVE_PROMPT, width=args.width,
-                       height=args.height, num_frames=args.frames, num_inference_steps=args.steps,
-                       guidance_scale=5.0, generator=torch.Generator(device=args.device).manual_seed(0),
-                       output_type="np")
-            frames[:] = [(out.frames[0] * 255).round().astype("uint8")]
+            frames[:] = [bare_video(pipe, service.engine.base_scheduler, request.prompt, width=args.width,
+                                    height=args.height, frames=args.frames, steps=args.steps, device=args.device)]
 
         times, peak = measure(bare, args.runs, cuda)
         save("bare", {"times": times, "peak_gib": peak})

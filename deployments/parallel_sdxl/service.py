@@ -84,7 +84,7 @@ class ParallelSDXLService(DistributedService):
                 ParallelSDXLInput(prompt="a photo of a cat", width=size, height=size, num_inference_steps=2), 0)))
 
     def _payload(self, request: ParallelSDXLInput, seed: int) -> dict[str, Any]:
-        return {**request.model_dump(exclude={"output_format", "seed"}), "seed": seed,
+        return {**request.model_dump(exclude={"seed"}), "seed": seed,
                 "preview_every": self.config.preview_every}
 
     @endpoint("", input=ParallelSDXLInput, output=ParallelSDXLOutput)
@@ -93,7 +93,7 @@ class ParallelSDXLService(DistributedService):
         seed = request.seed if request.seed is not None else secrets.randbelow(2**32)
         payload = self._payload(request, seed)
         result = await self.run_on_ranks(payload, ctx, self.config.call_timeout_s)
-        return ParallelSDXLOutput(image=Image.from_pil(result["image"], request.output_format), seed=seed,
+        return ParallelSDXLOutput(image=result["file"], seed=seed,
                                   num_images=self.config.world_size)
 
 

@@ -10,20 +10,26 @@ import math
 from typing import Any
 
 from serve_app.distributed import DistributedWorker
+from serve_app.io import ImageFormat
 from serve_app.models.source import ModelSource, build_or_load, resolve_dtype
 
 
 def grid(images: list[Any]) -> Any:
-    """Tile images as fal's demo does: floor(sqrt(n)) per row (one column for 2 GPUs)."""
-    from PIL import Image
+    """Tile `[1, 3, H, W]` images as fal's demo does: floor(sqrt(n)) per row (one column for 2 GPUs),
+    black where the last row is short. Stays on the images' device."""
+    import torch
 
     cols = max(1, math.isqrt(len(images)))
     rows = math.ceil(len(images) / cols)
-    w, h = images[0].size
-    canvas = Image.new("RGB", (w * cols, h * rows))
-    for i, im in enumerate(images):
-        canvas.paste(im, ((i % cols) * w, (i // cols) * h))
-    return canvas
+    cells = list(images) + [torch.zeros_like(images[0])] * (rows * cols - len(images))
+    return torch.cat([torch.cat(cells[r * cols:(r + 1) * cols], dim=-1) for r in range(rows)], dim=-2)
+
+
+def to_pil(image: Any) -> Any:
+    """`[1, 3, H, W]` uint8 -> a PIL image."""
+    from PIL import Image
+
+    return Image.fromarray(image[0].permute(1, 2, 0).cpu().numpy())
 
 
 def to_uint8(images: Any) -> Any:
@@ -64,9 +70,8 @@ class SDXLWorker(DistributedWorker):
         self._torch = torch
 
     def _gather_images(self, images: Any) -> list[Any] | None:
-        """Gather one uint8 image tensor per rank to rank 0 (None on other ranks)."""
+        """Gather one uint8 image tensor per rank to rank 0, on its device (None on other ranks)."""
         import torch.distributed as dist
-        from PIL import Image
 
         torch = self._torch
         parts: list[Any] | None
@@ -75,13 +80,15 @@ class SDXLWorker(DistributedWorker):
         else:
             parts = [torch.empty_like(images) for _ in range(self.world_size)] if self.rank == 0 else None
             dist.gather(images.contiguous(), gather_list=parts, dst=0)
-        if self.rank != 0 or parts is None:
-            return None
-        return [Image.fromarray(p[0].permute(1, 2, 0).cpu().numpy()) for p in parts]
+        return parts if self.rank == 0 else None
 
     def __call__(self, streaming: bool = False, prompt: str = "", negative_prompt: str = "",
                  num_inference_steps: int = 20, width: int = 1024, height: int = 1024, seed: int = 0,
-                 guidance_scale: float = 5.0, preview_every: int = 5, **_: Any) -> dict[str, Any] | None:
+                 guidance_scale: float = 5.0, preview_every: int = 5, output_format: ImageFormat | None = None,
+                 **_: Any) -> dict[str, Any] | None:
+        """Every rank makes one image; rank 0 returns the grid: `file`, encoded here (nvJPEG on a GPU,
+        so only the file's bytes travel to the replica) when `output_format` is given, else `image`
+        (PIL)."""
         torch = self._torch
 
         def on_step_end(pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -94,7 +101,7 @@ class SDXLWorker(DistributedWorker):
                     preview = self.taesd.decode(latents / self.taesd.config.scaling_factor).sample
                 tiles = self._gather_images(to_uint8((preview / 2 + 0.5).float()).to(latents.device))
                 if tiles is not None:
-                    self.progress(step + 1, num_inference_steps, "denoising", preview=grid(tiles))
+                    self.progress(step + 1, num_inference_steps, "denoising", preview=to_pil(grid(tiles)))
             return {}
 
         with torch.inference_mode():
@@ -105,4 +112,11 @@ class SDXLWorker(DistributedWorker):
                 callback_on_step_end=on_step_end,
             ).images
         tiles = self._gather_images(to_uint8(images.float()))
-        return {"image": grid(tiles), "seeds": [seed + r for r in range(self.world_size)]} if tiles else None
+        if tiles is None:
+            return None
+        seeds = [seed + r for r in range(self.world_size)]
+        if output_format is None:
+            return {"image": to_pil(grid(tiles)), "seeds": seeds}
+        from serve_app.imaging import encode_images
+
+        return {"file": encode_images(grid(tiles), output_format)[0], "seeds": seeds}

@@ -237,10 +237,9 @@ class XFuserService(DistributedService):
         steps = request.num_inference_steps or self.family.default_steps
         payload = {"prompt": request.prompt, "negative_prompt": request.negative_prompt, "height": height,
                    "width": width, "num_inference_steps": steps, "seed": seed,
-                   "guidance_scale": request.guidance_scale}
+                   "guidance_scale": request.guidance_scale, "output_format": request.output_format}
         result = await self.run_on_ranks(payload, ctx, self.config.call_timeout_s)
-        image = Image.from_pil(result["image"], request.output_format)
-        return XFuserOutput(images=[image], seed=seed, prompt=request.prompt, parallelism=result["layout"],
+        return XFuserOutput(images=[result["file"]], seed=seed, prompt=request.prompt, parallelism=result["layout"],
                             timings=XFuserTimings(inference=result["inference_s"],
                                                   total=time.perf_counter() - start))
 

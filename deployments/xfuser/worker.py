@@ -5,7 +5,8 @@ of each parallel group) decodes the image; that rank sends it to rank 0, whose r
 returns. With `native` (diffusers' context parallelism) every rank ends with the whole latents and
 rank 0's image is returned. With `diffusers`, the plain pipeline runs on every rank (the 1-GPU
 baseline of the benchmarks and the CPU stand-in of dev and CI, where xfuser cannot run) and the
-last rank's image is returned, as with xfuser.
+last rank's image is returned, as with xfuser. For the service, rank 0 also encodes the image (nvJPEG
+on a GPU), so the replica gets the file's bytes, not the pixels.
 
 `op: probe` generates once with the block recorder on (`probe.py`) and gathers every rank's block
 outputs on rank 0, for the per-block divergence probe of the GPU parity test.
@@ -102,8 +103,12 @@ class XFuserWorker(DistributedWorker):
         pipe.progress_bar = self._progress_bar
         if spec.warmup.enabled:
             w = spec.warmup
-            self.generate(prompt="a photo of a cat", height=w.height, width=w.width,
-                          num_inference_steps=w.num_inference_steps, seed=0)
+            warm = self.generate(prompt="a photo of a cat", height=w.height, width=w.width,
+                                 num_inference_steps=w.num_inference_steps, seed=0)
+            if warm is not None:  # rank 0: the encoder's first call (nvJPEG's set-up) is not a request's
+                from serve_app.imaging import encode_images
+
+                encode_images(warm["image"][None], "jpeg")
         return {"layout": self.layout.describe(), "output_rank": self.output_rank, "backend": spec.backend}
 
     def _share_weights(self, pipe: Any) -> None:
@@ -196,7 +201,7 @@ class XFuserWorker(DistributedWorker):
     def generate(self, prompt: str, height: int, width: int, num_inference_steps: int, seed: int,
                  negative_prompt: str = "", guidance_scale: float | None = None,
                  report: Any = None) -> dict[str, Any] | None:
-        """Run one image on every rank; rank 0 gets `{"image": uint8 [3, H, W] CPU tensor, ...}`."""
+        """Run one image on every rank; rank 0 gets `{"image": uint8 [3, H, W] tensor on its device, ...}`."""
         import torch
 
         family = FAMILIES[self.spec.family]
@@ -221,7 +226,8 @@ class XFuserWorker(DistributedWorker):
         if self.rank != 0:
             return None
         assert image is not None
-        image = image.cpu()  # waits for the GPU: the clock stops when the image exists, not when it was queued
+        if self.device.type == "cuda":  # the clock stops when the image exists, not when it was queued
+            torch.cuda.synchronize(self.device)
         return {"image": image, "inference_s": time.perf_counter() - start}
 
     def _to_rank0(self, image: Any, height: int, width: int) -> Any:
@@ -271,11 +277,17 @@ class XFuserWorker(DistributedWorker):
 
         if self.cancelled_everywhere():
             raise RequestCancelled()
+        output_format = payload.pop("output_format", None)
         result = self.generate(report=report, **payload)
         if result is None:
             return None
-        from PIL import Image
+        described = {"inference_s": result["inference_s"], "layout": self.layout.describe()}
+        if output_format is not None:
+            # The service's call: encoded here, on the GPU for JPEG (nvJPEG), so only the file's bytes
+            # travel to the replica, whose event loop never encodes.
+            from serve_app.imaging import encode_images
 
-        array = result["image"].permute(1, 2, 0).numpy()
-        return {"image": Image.fromarray(array), "inference_s": result["inference_s"],
-                "layout": self.layout.describe()}
+            return {"file": encode_images(result["image"][None], output_format)[0], **described}
+        from PIL import Image  # the lossless image, for the parity tests and the benchmarks
+
+        return {"image": Image.fromarray(result["image"].permute(1, 2, 0).cpu().numpy()), **described}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -25,15 +26,41 @@ def test_served_vs_bare_smoke(tmp_path: Path) -> None:
     for row in rows.values():
         assert row["bare"] > 0 and (row["served"] or row["method"]) > 0
     assert {"safety", "encode", "store", "download"} <= set(rows["sana-sprint"]["parts"])
-    for case in ("sana", "sana-sprint", "parallel-sdxl x1"):  # the host's share: the bare call in a Ray actor
-        row = rows[case]
-        assert row["actor"] > 0 and row["actor_nice0"] > 0 and row["again"] > 0
-        assert set(row["cpu_ms"]) == {"bare", "actor", "actor@0", "method", "served", "again"}
-        assert row["facts"]["here"]["niceness"] == os.getpriority(os.PRIO_PROCESS, 0)
-        assert row["facts"]["actor"]["niceness"] >= row["facts"]["here"]["niceness"]  # Ray's workers: 15
+    sana = rows["sana"]  # the host's share: the bare call in a Ray actor (on GPUs also Sprint's and SDXL's)
+    assert sana["actor"] > 0 and sana["actor_nice0"] > 0
+    assert set(sana["cpu_ms"]) == {"actor", "actor@0", "method", "served"} == set(sana["ratios"])
+    assert sana["facts"]["here"]["niceness"] == os.getpriority(os.PRIO_PROCESS, 0)
+    assert sana["facts"]["actor"]["niceness"] >= sana["facts"]["here"]["niceness"]  # Ray's workers: 15
+    # every comparison alternates with a bare call: 4 pairings of one round each (smoke: --runs 1)
+    assert len(sana["bare_runs"]) == 4 and sana["bare"] == statistics.median(sana["bare_runs"])
+    for case in ("sana-sprint", "parallel-sdxl x1"):
+        assert set(rows[case]["ratios"]) == {"method", "served"} and len(rows[case]["bare_runs"]) == 2
+    for case in ("sana", "parallel-sdxl x1", "xfuser 1 GPU", "wan"):  # the replica's own split of a request
+        split = rows[case]["served_parts"]
+        assert set(split) == {"dispatch", "run", "store", "handle", "http"}, split
+        assert split["run"] > 0 and split["http"] > 0 and split["handle"] > -0.005
+        assert split["run"] < rows[case]["served"]
     wan = rows["wan"]  # bare pipeline, the service's method in process, and the served request with its MP4
     assert wan["bare"] > 0 and wan["method"] > 0 and wan["served"] > 0
     assert set(wan["parts"]) == {"encode", "download"} and min(wan["parts"].values()) > 0
-    assert set(wan["cpu_ms"]) == {"bare", "method", "served"}
+    assert set(wan["cpu_ms"]) == {"method", "served"} and len(wan["bare_runs"]) == 2
     assert wan["what"].startswith("T2V 1.3B, 2 steps, 160x96, 17 frames")
     assert "Served vs bare" in run.stdout
+
+
+def test_serve_overhead_runs_and_splits_our_requests(tmp_path: Path) -> None:
+    """`bench/serve_overhead.py`: plain Serve's floor beside this project's path, with the replica's split."""
+    out = tmp_path / "overhead.json"
+    run = subprocess.run([sys.executable, str(ROOT / "bench" / "serve_overhead.py"), "--requests", "3",
+                          "--file-kib", "16", "--port", str(free_port()), "--json", str(out)],
+                         capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
+    rows = {r["case"]: r for r in json.loads(out.read_text())}
+    assert list(rows) == ["serve 1 hop", "serve 2 hops", "ours", "ours + 16 KiB file", "ours + 16 KiB sync_mode"]
+    for name, row in rows.items():
+        assert row["ms"] > 0
+        if name.startswith("ours"):  # Server-Timing: each part inside the one around it
+            assert 0 <= row["run"] + row["store"] <= row["call"] <= row["ingress"] <= row["ms"]
+        else:
+            assert "run" not in row
+    assert "Per-request cost on loopback" in run.stdout
