@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ import yaml
 from tests.app.conftest import ROOT, free_port, load_dev_app
 
 API_KEY = "first-hour:key"
+STOP_WAIT_S = 30  # `serve run` stops in about 7 s after Ctrl-C; then the process group is killed
 KEY_ENV = "FIRST_HOUR_API_KEYS"
 RAY_START_FAILURES = ("Failed to get node info", "timed out during startup", "Failed to connect to GCS")
 _DASHBOARD = re.compile(r"View the dashboard at \S*?(?:http://)?(127\.0\.0\.1:\d+)")
@@ -109,8 +111,11 @@ class DevServer:
         else:
             command = [str(Path(sys.executable).parent / "serve"), "run", str(config)]
         with self.log.open("wb") as log:
+            # Ctrl-C's default action: a shell running the suite in the background (CI's `nohup ... &`)
+            # starts it with SIGINT ignored, which children inherit, and Python then never raises
+            # KeyboardInterrupt (serve run ignored the stop below for 20 s, twice, in CI).
             self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
+                                            start_new_session=True, preexec_fn=_default_sigint)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -146,8 +151,10 @@ class DevServer:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)  # Ctrl-C: serve run shuts the app and its Ray down
             try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
+                self.process.wait(timeout=STOP_WAIT_S)
+            except subprocess.TimeoutExpired:  # seen in CI (not here: 7 s), so say what it was doing
+                warnings.warn(f"serve run was still stopping {STOP_WAIT_S} s after Ctrl-C; killed. Its log ends:\n"
+                              f"{self.tail(1500)}", stacklevel=2)
                 self.process.kill()
                 self.process.wait(timeout=10)
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -157,6 +164,10 @@ class DevServer:
     def stop(self) -> None:
         self._kill_group()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def run_python(code: str, env: dict[str, str], timeout_s: float = 180.0) -> subprocess.CompletedProcess[str]:
