@@ -30,16 +30,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from proxy_modes import PROXY_MODES, reexec_with
+
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 ROOT = Path(__file__).resolve().parents[1]
-PROXY_MODES: dict[str, dict[str, str]] = {
-    "default": {},
-    "throughput": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
-    "haproxy": {"RAY_SERVE_ENABLE_HA_PROXY": "1"},
-}
 
 
 def free_port() -> int:
@@ -178,7 +175,7 @@ def main() -> None:
     parser.add_argument("--status", type=int, default=1000)
     parser.add_argument("--proxy", choices=sorted(PROXY_MODES), default="default")
     args = parser.parse_args()
-    os.environ.update(PROXY_MODES[args.proxy])  # read by Serve's processes, which inherit it
+    reexec_with(args.proxy)  # Serve's processes read the mode's variables, inherited from this one
 
     import ray
     from ray import serve

@@ -15,7 +15,12 @@ at a time, the cases taking turns round by round so the host's drift touches the
 For `ours` the replica's `Server-Timing` splits the request: `run`, `store`, the handle call
 (`call`) and the ingress route (`ingress`); what is left is Serve's proxy and HTTP.
 
-Usage: python bench/serve_overhead.py [--requests 100] [--file-kib 200] [--json out.json]
+`--proxy` picks Ray Serve's ingress path (bench/proxy_modes.py): `default` (Serve's Python proxy),
+`throughput` (RAY_SERVE_THROUGHPUT_OPTIMIZED=1: direct ingress, gRPC between replicas) or `haproxy`
+(RAY_SERVE_ENABLE_HA_PROXY=1: HAProxy in front of direct ingress); every case runs on it.
+
+Usage: python bench/serve_overhead.py [--requests 100] [--file-kib 200] [--proxy default|throughput|haproxy]
+                                      [--json out.json]
 """
 
 # No `from __future__ import annotations`: FastAPI must resolve the plain Serve routes' annotations.
@@ -31,6 +36,12 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from proxy_modes import PROXY_MODES, reexec_from_argv
+
+if __name__ == "__main__":  # before Ray is imported: Serve reads the proxy mode's variables then
+    reexec_from_argv()
 
 from fastapi import FastAPI, Request  # module level: FastAPI resolves the routes' annotations here
 from pydantic import BaseModel, ConfigDict, Field
@@ -143,6 +154,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=100, help="timed requests per case (after 5 warm-ups)")
     parser.add_argument("--file-kib", type=int, default=200, help="size of the returned file (a 1024² JPEG: ~200)")
     parser.add_argument("--port", type=int, default=0, help="HTTP port on 127.0.0.1 (default: a free one)")
+    parser.add_argument("--proxy", choices=sorted(PROXY_MODES), default="default",
+                        help="Ray Serve's ingress path (bench/proxy_modes.py)")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     import httpx
@@ -188,8 +201,9 @@ def main() -> None:
                 row[part] = statistics.median(s[part] for s in splits[name])
         rows.append(row)
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
-    print(f"\nPer-request cost on loopback, no model; median of {args.requests} requests per case, taking turns; ms")
+        Path(args.json).write_text(json.dumps({"proxy": args.proxy, "rows": rows}, indent=1))
+    print(f"\nPer-request cost on loopback, no model, proxy: {args.proxy}; median of {args.requests} requests "
+          "per case, taking turns; ms")
     print(f"{'case':28} {'ms':>7} {'vs 2 hops':>9}  replica run / store / handle call / ingress route")
     two_hops = rows[1]["ms"]
     for row in rows:

@@ -20,7 +20,11 @@ the bare call inside a plain Ray actor with a replica's resources (`actor`: at R
 then `actor@0` after renicing its threads to 0 where allowed). Each timing carries `cpu_ms`, a fixed
 pure-Python loop timed just before its rounds in the same process: when it moves, the host moved.
 
+`--proxy` picks Ray Serve's ingress path for the served column (bench/proxy_modes.py; `haproxy`
+puts HAProxy in front of the ingress replica's own HTTP server).
+
 Usage: python bench/served_vs_bare.py [--cases sana sprint sdxl sdxl-n xfuser train wan] [--runs 5]
+                                      [--proxy default|haproxy|...]
        python bench/served_vs_bare.py --smoke
 """
 
@@ -45,6 +49,8 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from proxy_modes import PROXY_MODES, reexec_from_argv
 
 
 @dataclass
@@ -524,6 +530,8 @@ def main() -> None:
     parser.add_argument("--json", help="also write the rows to this file")
     parser.add_argument("--worker-niceness", type=int, default=None,
                         help="niceness of the Ray workers this bench starts (Ray's default: 15; the bare process: 0)")
+    parser.add_argument("--proxy", choices=sorted(PROXY_MODES), default="default",
+                        help="Ray Serve's ingress path for the served column (bench/proxy_modes.py)")
     args = parser.parse_args()
     if args.worker_niceness is not None:  # read by the raylet that ray.init starts below
         os.environ["RAY_worker_niceness"] = str(args.worker_niceness)  # noqa: SIM112 (Ray reads this case)
@@ -587,8 +595,8 @@ def print_table(args: argparse.Namespace, rows: list[Row]) -> None:
     import torch
 
     device = torch.cuda.get_device_name(0) if args.gpu else "CPU (tiny presets, smoke)"
-    print(f"\nServed vs bare on {device}; medians of {args.runs} rounds after a warm-up, each round beside a "
-          "bare call; seconds")
+    print(f"\nServed vs bare on {device}, Serve's ingress path: {args.proxy}; medians of {args.runs} rounds after "
+          "a warm-up, each round beside a bare call; seconds")
     print(f"{'case':18} {'bare':>8} {'actor':>8} {'actor@0':>8} {'method':>8} {'served':>8} "
           f"{'method/bare':>11} {'served/bare':>11} {'added':>8}  what")
 
@@ -622,4 +630,5 @@ def print_table(args: argparse.Namespace, rows: list[Row]) -> None:
 
 
 if __name__ == "__main__":
+    reexec_from_argv()  # before Ray is imported: Serve's processes read the mode's variables
     main()

@@ -55,7 +55,9 @@ def test_serve_overhead_runs_and_splits_our_requests(tmp_path: Path) -> None:
                           "--file-kib", "16", "--port", str(free_port()), "--json", str(out)],
                          capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
-    rows = {r["case"]: r for r in json.loads(out.read_text())}
+    result = json.loads(out.read_text())
+    rows = {r["case"]: r for r in result["rows"]}
+    assert result["proxy"] == "default"
     assert list(rows) == ["serve 1 hop", "serve 2 hops", "ours", "ours + 16 KiB file", "ours + 16 KiB sync_mode"]
     for name, row in rows.items():
         assert row["ms"] > 0
