@@ -149,6 +149,16 @@ def deploy(files: str) -> None:
     serve.run(build_app(ours), name="ours", route_prefix="/ours")
 
 
+def listener(port: int) -> str:
+    """The name of the process that accepts HTTP on `port`: Serve's proxy (a Ray worker) or HAProxy."""
+    import psutil
+
+    for conn in psutil.net_connections(kind="tcp"):
+        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid:
+            return str(psutil.Process(conn.pid).name())
+    return "unknown"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=100, help="timed requests per case (after 5 warm-ups)")
@@ -177,6 +187,7 @@ def main() -> None:
     splits: dict[str, list[dict[str, float]]] = {name: [] for name in cases}
     with tempfile.TemporaryDirectory() as files, httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as c:
         deploy(files)
+        accepts = listener(port)
         for i in range(args.requests + 5):
             for name, (path, body) in cases.items():
                 t = time.perf_counter()
@@ -191,8 +202,6 @@ def main() -> None:
                     times[name].append((time.perf_counter() - t) * 1000)
                     splits[name].append({k: v * 1000 for k, v in  # ms, as the table
                                          parse_server_timing(r.headers.get("server-timing", "")).items()})
-    serve.shutdown()
-    ray.shutdown()
     rows = []
     for name in cases:
         row: dict[str, Any] = {"case": name, "ms": statistics.median(times[name])}
@@ -201,15 +210,17 @@ def main() -> None:
                 row[part] = statistics.median(s[part] for s in splits[name])
         rows.append(row)
     if args.json:
-        Path(args.json).write_text(json.dumps({"proxy": args.proxy, "rows": rows}, indent=1))
-    print(f"\nPer-request cost on loopback, no model, proxy: {args.proxy}; median of {args.requests} requests "
-          "per case, taking turns; ms")
+        Path(args.json).write_text(json.dumps({"proxy": args.proxy, "listener": accepts, "rows": rows}, indent=1))
+    print(f"\nPer-request cost on loopback, no model, proxy: {args.proxy} ({accepts} accepts); median of "
+          f"{args.requests} requests per case, taking turns; ms")
     print(f"{'case':28} {'ms':>7} {'vs 2 hops':>9}  replica run / store / handle call / ingress route")
     two_hops = rows[1]["ms"]
     for row in rows:
         split = (f"{row['run']:.2f} / {row['store']:.2f} / {row['call']:.2f} / {row['ingress']:.2f}"
                  if "run" in row else "")
-        print(f"{row['case']:28} {row['ms']:>7.2f} {row['ms'] - two_hops:>+9.2f}  {split}")
+        print(f"{row['case']:28} {row['ms']:>7.2f} {row['ms'] - two_hops:>+9.2f}  {split}", flush=True)
+    serve.shutdown()  # after the table: a run cut short while Serve stops still has it
+    ray.shutdown()
 
 
 if __name__ == "__main__":

@@ -68,6 +68,7 @@ class Row:
     ratios: dict[str, float] = field(default_factory=dict)  # median of X_i / bare_i over alternating rounds
     added: dict[str, float] = field(default_factory=dict)  # median of X_i - bare_i
     served_parts: dict[str, float] = field(default_factory=dict)  # the replica's Server-Timing, medians (s)
+    method_parts: dict[str, float] = field(default_factory=dict)  # the method's own split (ctx.timings), medians
     bare_runs: list[float] = field(default_factory=list)  # every bare timing of the case
 
     def finish(self) -> Row:
@@ -224,7 +225,9 @@ class Served:
     def parts(self) -> dict[str, float]:
         """Where the served requests' time went (medians, s): the replica's `dispatch`, `run` and
         `store`, `handle` (the rest of the ingress's handle call), `http` (the rest of the POST
-        around the ingress's route) and `download`. The warm-up request is left out."""
+        around the ingress's route), `download`, and the parts the method timed itself inside `run`
+        (`ctx.time_part`: a multi-GPU service's `ranks`, a rank's `pipe`). The warm-up request is
+        left out."""
         rows = self.timings[1:] or self.timings
         out: dict[str, float] = {}
         if rows and "call" in rows[0]:
@@ -232,6 +235,9 @@ class Served:
                 out[name] = statistics.median(r[name] for r in rows)
             out["handle"] = statistics.median(r["call"] - r["dispatch"] - r["run"] - r["store"] for r in rows)
             out["http"] = statistics.median(r["post"] - r["ingress"] for r in rows)
+            framework = {"dispatch", "run", "store", "call", "ingress", "post"}
+            for name in [k for k in rows[0] if k not in framework]:  # the method's own split (ctx.time_part)
+                out[name] = statistics.median(r.get(name, 0.0) for r in rows)
         if self.download_s:
             out["download"] = statistics.median(self.download_s)
         return out
@@ -381,7 +387,16 @@ def case_sdxl(args: argparse.Namespace, port: int, files: str, ranks: int) -> Ro
     # The ranks of `method` and of the served replica each hold the GPU(s) in Ray's accounting, so
     # they take turns, each beside the bare call in this process.
     method = ParallelSDXLService(ParallelSDXLConfig.model_validate(config))
-    row.method = paired(row, "method", lambda: asyncio.run(method.generate(request, RunContext())), bare, args.runs)
+    method_splits: list[dict[str, float]] = []
+
+    def call_method() -> Any:
+        ctx = RunContext()
+        out = asyncio.run(method.generate(request, ctx))
+        method_splits.append(ctx.timings)
+        return out
+
+    row.method = paired(row, "method", call_method, bare, args.runs)
+    row.method_parts = {k: statistics.median(t[k] for t in method_splits[1:]) for k in method_splits[-1]}
     asyncio.run(method.runner.stop())
     served = Served("parallel-sdxl", "deployments.parallel_sdxl", config, {}, port, files)
     row.served = paired(row, "served", lambda: served.call("/parallel-sdxl", request.model_dump(mode="json")), bare,
@@ -619,7 +634,8 @@ def print_table(args: argparse.Namespace, rows: list[Row]) -> None:
     for r in rows:
         parts = " ".join(f"{k}={v:.4f}" for k, v in r.parts.items())
         split = " ".join(f"{k}={v:.4f}" for k, v in r.served_parts.items())
-        print(f"{r.case:18} {parts}" + (f" | served: {split}" if split else ""))
+        own = " ".join(f"{k}={v:.4f}" for k, v in r.method_parts.items())
+        print(f"{r.case:18} {parts}" + (f" | method: {own}" if own else "") + (f" | served: {split}" if split else ""))
     print("\nCPU probe (ms for a fixed Python loop, before each pairing, in the process that timed it):")
     for r in rows:
         if r.cpu_ms:

@@ -61,6 +61,16 @@ class RunContext:
         self.request_id = request_id
         self._emit = emit
         self._cancel = cancel_event or threading.Event()
+        # Seconds by name of the parts of the call the method chose to time (`time_part`); a sync
+        # HTTP response carries them in its `Server-Timing` header beside the framework's own parts.
+        self.timings: dict[str, float] = {}
+
+    def time_part(self, name: str, seconds: float) -> None:
+        """Record where part of the call's time went (a `Server-Timing` metric name: letters, digits,
+        `-` or `_`); a part timed twice adds up."""
+        if not name or not all(c.isalnum() or c in "-_" for c in name):
+            raise ValueError(f"not a Server-Timing metric name: {name!r}")
+        self.timings[name] = self.timings.get(name, 0.0) + seconds
 
     @property
     def cancelled(self) -> bool:

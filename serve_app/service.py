@@ -291,7 +291,7 @@ class Service:
                 stored_at = time.perf_counter()
                 await self._stored(output, info, inline=wants_inline_files(request))
                 marks["stored"] = time.perf_counter() - stored_at
-            output.timings = {"dispatch": marks["started"] - marks["submitted"],
+            output.timings = {**ctx.timings, "dispatch": marks["started"] - marks["submitted"],
                               "run": marks["ended"] - marks["started"], "store": marks.get("stored", 0.0)}
             yield output
         finally:

@@ -7,6 +7,7 @@ would port by changing its import.
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 from serve_app.distributed import DistributedWorker
@@ -88,7 +89,8 @@ class SDXLWorker(DistributedWorker):
                  **_: Any) -> dict[str, Any] | None:
         """Every rank makes one image; rank 0 returns the grid: `file`, encoded here (nvJPEG on a GPU,
         so only the file's bytes travel to the replica) when `output_format` is given, else `image`
-        (PIL)."""
+        (PIL), and `timings`: the pipeline call (`pipe`, to the GPU's last kernel) and the gather,
+        grid and encoding (`grid_encode`)."""
         torch = self._torch
 
         def on_step_end(pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -104,6 +106,7 @@ class SDXLWorker(DistributedWorker):
                     self.progress(step + 1, num_inference_steps, "denoising", preview=to_pil(grid(tiles)))
             return {}
 
+        started = time.perf_counter()
         with torch.inference_mode():
             images = self.pipe(
                 prompt=prompt, negative_prompt=negative_prompt, num_inference_steps=num_inference_steps,
@@ -111,12 +114,18 @@ class SDXLWorker(DistributedWorker):
                 generator=torch.Generator(device=self.device).manual_seed(seed + self.rank),
                 callback_on_step_end=on_step_end,
             ).images
+        if images.is_cuda:  # the split below is the GPU's, not the launches'
+            torch.cuda.synchronize(images.device)
+        generated = time.perf_counter()
         tiles = self._gather_images(to_uint8(images.float()))
         if tiles is None:
             return None
         seeds = [seed + r for r in range(self.world_size)]
+        timings = {"pipe": generated - started}
         if output_format is None:
-            return {"image": to_pil(grid(tiles)), "seeds": seeds}
+            return {"image": to_pil(grid(tiles)), "seeds": seeds, "timings": timings}
         from serve_app.imaging import encode_images
 
-        return {"file": encode_images(grid(tiles), output_format)[0], "seeds": seeds}
+        file = encode_images(grid(tiles), output_format)[0]
+        timings["grid_encode"] = time.perf_counter() - generated
+        return {"file": file, "seeds": seeds, "timings": timings}

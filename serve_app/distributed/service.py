@@ -9,6 +9,7 @@ rank is gone. The config must have `world_size`, `resources`
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from pydantic import BaseModel
@@ -52,8 +53,17 @@ class DistributedService(Service):
 
     async def run_on_ranks(self, payload: dict[str, Any], ctx: RunContext, timeout: float | None = None) -> Any:
         """Run one request on every rank and return rank 0's result; when the caller streams, rank
-        0's typed events are forwarded to it as they come. Cancellation and failures are raised."""
-        return await self.runner.invoke(payload, timeout=timeout, on_event=ctx.emit if ctx.streaming else None)
+        0's typed events are forwarded to it as they come. Cancellation and failures are raised.
+
+        The call's time goes to `ctx.timings` as `ranks`, with rank 0's own split when its result
+        is a dict with `timings` (seconds by name), which is taken out of the result."""
+        started = time.perf_counter()
+        result = await self.runner.invoke(payload, timeout=timeout, on_event=ctx.emit if ctx.streaming else None)
+        ctx.time_part("ranks", time.perf_counter() - started)
+        if isinstance(result, dict) and isinstance(result.get("timings"), dict):  # rank 0's own split
+            for name, seconds in result.pop("timings").items():
+                ctx.time_part(name, seconds)
+        return result
 
     async def check_health(self) -> None:  # type: ignore[override]
         await self.runner.check_health()
