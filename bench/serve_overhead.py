@@ -155,7 +155,10 @@ def listener(port: int) -> str:
 
     for conn in psutil.net_connections(kind="tcp"):
         if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid:
-            return str(psutil.Process(conn.pid).name())
+            try:  # HAProxy reloads when an app is deployed: the old process may have just left
+                return str(psutil.Process(conn.pid).name())
+            except psutil.Error:
+                continue
     return "unknown"
 
 

@@ -16,7 +16,7 @@ proxy=${SVB_PROXY:-haproxy}
 tag=${SVB_TAG:-$proxy}; tag=${tag//+/_}
 for mode in $modes; do
   name=overhead-${mode//+/_}
-  timeout 60 python3 bench/serve_overhead.py --requests 60 --proxy "$mode" --json "$OUT/$name.json" \
+  timeout 100 python3 bench/serve_overhead.py --requests 60 --proxy "$mode" --json "$OUT/$name.json" \
     > "$OUT/$name.log" 2>&1 || echo "serve_overhead --proxy $mode failed (see $name.log)"
 done
 # shellcheck disable=SC2086

@@ -273,3 +273,29 @@ def test_a_request_cancelled_while_it_waits_for_the_model_thread_never_runs() ->
 
 async def _drain(items: AsyncIterator[object]) -> list[object]:
     return [x async for x in items]
+
+
+class Timed(Service):
+    @endpoint("/timed", input=In, output=Out)
+    def timed(self, request: In, ctx: RunContext) -> Out:
+        for _ in range(request.n):
+            ctx.time_part("gpu_work", 0.25)
+        return Out(files=[])
+
+
+def test_a_methods_own_parts_join_the_frameworks_timings() -> None:
+    """`ctx.time_part`: what the method timed itself rides on the output beside dispatch/run/store (the
+    sync route's Server-Timing); a part timed twice adds up; a name Server-Timing can't carry is refused."""
+
+    async def run() -> list[object]:
+        return [x async for x in Timed().stream_endpoint("timed", {"n": 2}, _info(), progress=False)]
+
+    (output,) = asyncio.run(run())
+    assert output.timings is not None  # type: ignore[attr-defined]
+    assert output.timings["gpu_work"] == 0.5  # type: ignore[attr-defined]
+    assert {"dispatch", "run", "store"} <= set(output.timings)  # type: ignore[attr-defined]
+    ctx = RunContext()
+    for bad in ("", "gpu work", "a;b", "x,y"):
+        with pytest.raises(ValueError, match="Server-Timing"):
+            ctx.time_part(bad, 1.0)
+    assert ctx.timings == {}
