@@ -15,12 +15,11 @@ at a time, the cases taking turns round by round so the host's drift touches the
 For `ours` the replica's `Server-Timing` splits the request: `run`, `store`, the handle call
 (`call`) and the ingress route (`ingress`); what is left is Serve's proxy and HTTP.
 
-`--proxy` picks Ray Serve's ingress path (bench/proxy_modes.py): `default` (Serve's Python proxy),
-`throughput` (RAY_SERVE_THROUGHPUT_OPTIMIZED=1: direct ingress, gRPC between replicas) or `haproxy`
-(RAY_SERVE_ENABLE_HA_PROXY=1: HAProxy in front of direct ingress); every case runs on it.
+`--proxy` picks Ray Serve's ingress path, one of bench/proxy_modes.py's (`default`, `haproxy`,
+`throughput`, `haproxy+throughput`); every case runs on it, and the output names the process that
+accepts on the port.
 
-Usage: python bench/serve_overhead.py [--requests 100] [--file-kib 200] [--proxy default|throughput|haproxy]
-                                      [--json out.json]
+Usage: python bench/serve_overhead.py [--requests 100] [--file-kib 200] [--proxy MODE] [--json out.json]
 """
 
 # No `from __future__ import annotations`: FastAPI must resolve the plain Serve routes' annotations.
