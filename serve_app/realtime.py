@@ -105,9 +105,11 @@ class RealtimeInbox:
 
     def __init__(self) -> None:
         self._queues: dict[str, asyncio.Queue[Any]] = {}
+        self._gone: dict[str, asyncio.Event] = {}
 
     def open(self, session_id: str) -> None:
         self._queues[session_id] = asyncio.Queue()
+        self._gone[session_id] = asyncio.Event()
 
     def put(self, session_id: str, encoding: Encoding, message: Message) -> None:
         queue = self._queues.get(session_id)
@@ -118,6 +120,23 @@ class RealtimeInbox:
         queue = self._queues.pop(session_id, None)
         if queue is not None:
             queue.put_nowait(_CLOSED)
+        event = self._gone.pop(session_id, None)
+        if event is not None:
+            event.set()  # releases the session's `wait_gone`
+
+    def gone(self, session_id: str) -> None:
+        """The ingress saw the client go away: the session's `wait_gone` returns True."""
+        event = self._gone.get(session_id)
+        if event is not None:
+            event.set()
+
+    async def wait_gone(self, session_id: str) -> bool:
+        """Wait until the client is gone (True) or the session's entry is closed (False)."""
+        event = self._gone.get(session_id)
+        if event is None:
+            return False
+        await event.wait()
+        return session_id in self._gone
 
     async def get(self, session_id: str, timeout: float) -> list[tuple[Encoding, Message]] | None:
         """Messages waiting for the session (waits up to `timeout` for the first); None once closed."""
@@ -191,8 +210,10 @@ def replica_inbox() -> Any:
 async def serve_session(fn: SessionFn, session_id: str, info: RequestInfo) -> AsyncIterator[Any]:
     """Run a session method; yield `Attach(inbox)`, then every message it sends.
 
-    The method's exception ends the stream (the ingress turns it into an error frame); closing the
-    stream (the client went away) cancels the method.
+    The method's exception ends the stream (the ingress turns it into an error frame). When the client
+    goes away the method is cancelled, by either of two paths, whichever arrives first: Serve cancels
+    the stream (`ray.cancel`, best effort), or the ingress marks the session gone in the inbox, which
+    a watcher here waits for. The second path is what makes the cancel certain.
     """
     inbox = replica_inbox()
     await inbox.open.remote(session_id)
@@ -201,12 +222,29 @@ async def serve_session(fn: SessionFn, session_id: str, info: RequestInfo) -> As
     conn = InboxConnection(session_id, inbox, outgoing)
     task = asyncio.ensure_future(fn(conn, RunContext(info.request_id)))
     task.add_done_callback(lambda _: outgoing.put_nowait(_CLOSED))
+    client_gone = False
+
+    async def watch() -> None:
+        nonlocal client_gone
+        try:
+            gone = await inbox.wait_gone.remote(session_id)
+        except Exception:  # the inbox died with its node; Serve's cancel still applies
+            return
+        if gone and not task.done():
+            client_gone = True
+            task.cancel()
+
+    watcher = asyncio.ensure_future(watch())
     logger.info("realtime session %s started (%s)", info.request_id, info.route)
     try:
         while (item := await outgoing.get()) is not _CLOSED:
             yield item
-        task.result()
+        if client_gone:
+            logger.info("realtime session %s cancelled: the client went away", info.request_id)
+        else:
+            task.result()
     finally:
+        watcher.cancel()
         if not task.done():
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)

@@ -125,11 +125,14 @@ async def run_session(websocket: WebSocket, route: ServiceRoute, spec: RealtimeS
         if reader is not None:
             reader.cancel()
         # The client went away (or the session ended): cancel the session on its replica, which then
-        # closes its inbox entry itself. Closing the inbox from here at once would race the cancel:
-        # a session reading its messages would see them end and return as if the client had said
-        # goodbye. The late close is only for a replica that never got the cancel (it died).
+        # closes its inbox entry itself. Serve's cancel is best effort, so the inbox is told too; the
+        # replica cancels the session when either arrives (a no-op once the session has ended).
+        # Closing the inbox from here at once would race the cancel: a session reading its messages
+        # would see them end and return as if the client had said goodbye. The late close is only
+        # for a replica that never got either (it died).
         gen.cancel()
         if inbox is not None:
+            inbox.gone.remote(session_id)
             asyncio.get_running_loop().call_later(INBOX_CLOSE_GRACE_S, inbox.close.remote, session_id)
 
 

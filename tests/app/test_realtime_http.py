@@ -3,6 +3,7 @@ which runs on the service replica (not the ingress)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -100,6 +101,45 @@ def test_disconnect_cancels_the_session_on_the_replica(serve_url: str, client: h
     after = stats(client)
     assert after["sessions"] == before["sessions"] + 1
     assert after["sessions_cancelled"] == before["sessions_cancelled"] + 1
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_the_inbox_alone_cancels_a_session_whose_client_is_gone() -> None:
+    """Serve's cancel of the stream is best effort; the ingress also marks the session gone in the
+    replica's inbox, and that alone cancels a session that never reads (no Serve cancel here)."""
+    from serve_app.context import RequestInfo
+    from serve_app.realtime import Attach, RealtimeConnection, serve_session
+
+    async def scenario() -> tuple[bool, bool]:
+        cancelled = asyncio.Event()
+
+        async def session(conn: RealtimeConnection, ctx: object) -> None:
+            await conn.send({"type": "ready"})
+            try:
+                await asyncio.sleep(3600)  # streams out, never reads: the inbox's close can't end it
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+
+        info = RequestInfo("req-gone", "/test/echo", "http://127.0.0.1")
+        for session_id, gone in (("still-here", False), ("went-away", True)):
+            gen = serve_session(session, session_id, info)
+            attach = await gen.__anext__()
+            assert isinstance(attach, Attach)
+            assert await gen.__anext__() == {"type": "ready"}
+            if not gone:  # nothing said: the session keeps running
+                with pytest.raises(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(cancelled.wait()), 1.0)
+                await gen.aclose()
+                continue
+            attach.inbox.gone.remote(session_id)
+            with pytest.raises(StopAsyncIteration):  # ends cleanly: nobody is left to get an error
+                await asyncio.wait_for(gen.__anext__(), 30)
+        return cancelled.is_set(), await attach.inbox.wait_gone.remote("went-away")
+
+    cancelled, still_tracked = asyncio.run(scenario())
+    assert cancelled
+    assert still_tracked is False  # the replica closed the session's inbox entry
 
 
 def test_plain_get_is_426_and_the_endpoint_is_documented(client: httpx.Client) -> None:
