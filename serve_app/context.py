@@ -7,8 +7,10 @@ pickled); `RunContext` is what the endpoint method sees: its id, progress report
 from __future__ import annotations
 
 import threading
+import time
+import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel
@@ -26,27 +28,81 @@ class RequestInfo:
         request_id: the id the client holds (`x-fal-request-id`, the queue's request id).
         route: the endpoint's HTTP path, for logs.
         base_url: the server's public root, for the URLs of files the replica stores.
-        caller: the actor that holds the client's connection. When it dies mid-request (a killed
-            ingress replica), Ray does not cancel the call it made, so the service replica watches
-            it and cancels the orphaned work itself (`Service.stream_endpoint`).
+        caller: the calling process's `CancelBoard` (see `here`), or None. The service replica
+            watches it (`Service.stream_endpoint`) and cancels the call's work itself when the caller
+            cancelled it but Serve's cancel never arrived, or when the caller died (Ray does not
+            cancel the calls of a killed ingress replica).
+        call_id: this call's own id, under which the caller posts its cancel (request ids are the
+            client's and may repeat).
     """
 
     request_id: str
     route: str = ""
     base_url: str = "http://127.0.0.1:8000/"
-    caller: Any = None  # the calling process's Ray actor (the ingress replica, the queue runner), or None
+    caller: Any = None  # the calling process's CancelBoard actor (the ingress, a queue runner), or None
+    call_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     @staticmethod
     def here() -> Any:
-        """The Ray actor this code runs in (for `caller`), or None outside an actor or outside Ray."""
+        """This process's `CancelBoard` (for `caller`), started on first use and fate-shared with the
+        Ray actor this code runs in; None outside an actor or outside Ray."""
+        global _board
+        if _board is not None:
+            return _board
         try:
             import ray
 
-            if not ray.is_initialized():
+            if not ray.is_initialized() or ray.get_runtime_context().current_actor is None:
                 return None
-            return ray.get_runtime_context().current_actor
         except Exception:  # a driver, not an actor
             return None
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        node = ray.get_runtime_context().get_node_id()
+        _board = ray.remote(CancelBoard).options(
+            num_cpus=0, max_concurrency=1000,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node, soft=True),
+        ).remote()
+        return _board
+
+
+CANCEL_MEMORY_S = 3600.0  # how long a board remembers a cancel (a lost one is found within seconds)
+
+
+class CancelBoard:
+    """A small async actor beside a process that makes endpoint calls (an ingress replica, a queue
+    runner, a service calling another): the calls it cancelled, by `call_id`.
+
+    Serve's cancel of a handle call is best effort (ray-project/ray#52533: a cancelled request can
+    still run to its end), so the caller also posts the cancel here, and the service replica, which
+    already pings its caller every few seconds, stops the work when it finds its call posted. The
+    board is owned by the process that started it and dies with it: a dead board means a dead caller.
+    """
+
+    def __init__(self) -> None:
+        self._cancelled: dict[str, float] = {}
+
+    async def cancel(self, call_id: str) -> None:
+        now = time.monotonic()
+        if len(self._cancelled) > 1024:
+            self._cancelled = {k: t for k, t in self._cancelled.items() if now - t < CANCEL_MEMORY_S}
+        self._cancelled[call_id] = now
+
+    async def cancelled(self, call_id: str) -> bool:
+        return call_id in self._cancelled
+
+
+_board: Any = None
+
+
+def cancel_call(response: Any, info: RequestInfo) -> None:
+    """Cancel a handle call made with `info`: its Serve response or response generator, and, since
+    Serve's cancel is best effort, a post on the caller's board, which the service replica watches."""
+    cancel = getattr(response, "cancel", None)
+    if callable(cancel):
+        cancel()
+    if info.caller is not None:
+        info.caller.cancel.remote(info.call_id)
 
 
 class RunContext:

@@ -46,6 +46,7 @@ logger = logging.getLogger("ray.serve")
 
 _DONE = object()
 _ORPHANED = object()
+_CANCELLED = object()
 _RUNTIME_KEY = "serve_app"  # the framework's part of a deployment's user_config
 CALLER_CHECK_S = 2.0  # how often a running request checks that its caller is alive
 CALLER_PING_TIMEOUT_S = 30.0  # a caller too busy to answer within this is not taken for dead
@@ -54,25 +55,29 @@ _thread_owner = threading.local()  # on a model thread: `owner` is the id of the
 S = TypeVar("S", bound="Service")
 
 
-async def _watch_caller(caller: Any, queue: asyncio.Queue[Any], every_s: float) -> None:
-    """Put `_ORPHANED` on `queue` once the actor that made this call has died.
+async def _watch_caller(caller: Any, call_id: str, queue: asyncio.Queue[Any], every_s: float) -> None:
+    """Put `_ORPHANED` on `queue` once the process that made this call has died, `_CANCELLED` once it
+    has cancelled the call (its `CancelBoard`, see `serve_app.context`).
 
     Ray does not cancel an actor call, nor a streaming one, when its caller dies: a killed ingress
-    replica would leave its in-flight requests running to the end for nobody. A ping is an empty
-    actor task (`__ray_ready__`); only a definite death counts (a slow answer or a restarting actor
-    does not).
+    replica would leave its in-flight requests running to the end for nobody. And Serve's cancel is
+    best effort: a client that hung up could leave its work running too. Only a definite death
+    counts (a slow answer or a restarting actor does not).
     """
     from ray.exceptions import ActorDiedError
 
     while True:
         await asyncio.sleep(every_s)
         try:
-            await asyncio.wait_for(caller.__ray_ready__.remote(), CALLER_PING_TIMEOUT_S)
+            cancelled = await asyncio.wait_for(caller.cancelled.remote(call_id), CALLER_PING_TIMEOUT_S)
         except ActorDiedError:
             queue.put_nowait(_ORPHANED)
             return
         except Exception:  # busy, unreachable for now, or restarting: look again later
             continue
+        if cancelled:
+            queue.put_nowait(_CANCELLED)
+            return
 
 
 def wants_inline_files(request: BaseModel | dict[str, Any]) -> bool:
@@ -274,7 +279,7 @@ class Service:
         else:
             future = loop.run_in_executor(None, functools.partial(contextvars.copy_context().run, timed_run))
         future.add_done_callback(lambda _: queue.put_nowait(_DONE))
-        watchdog = (asyncio.ensure_future(_watch_caller(info.caller, queue, self.caller_check_s))
+        watchdog = (asyncio.ensure_future(_watch_caller(info.caller, info.call_id, queue, self.caller_check_s))
                     if info.caller is not None and self.caller_check_s else None)
         try:
             while True:
@@ -285,6 +290,10 @@ class Service:
                     logger.warning("request %s: its caller (the replica holding the client's connection) died; "
                                    "cancelling the orphaned work", info.request_id)
                     raise RequestCancelled("the caller of this request is gone")
+                if item is _CANCELLED:
+                    logger.warning("request %s: its caller cancelled it but Serve's cancel did not arrive; "
+                                   "cancelling the work", info.request_id)
+                    raise RequestCancelled("the caller cancelled this request")
                 yield await self._stored(item, info) if store else item
             output = Output(future.result())
             if store:

@@ -25,6 +25,7 @@ from ray import serve
 from components.flux import FLUX_DEV_ID
 from deployments.flux_lora.lora import CHECKPOINT_NAME
 from deployments.flux_lora.training import LRScheduler
+from serve_app.context import cancel_call
 from serve_app.distributed import RankResources
 from serve_app.distributed.service import DistributedService
 from serve_app.endpoints import endpoint
@@ -221,7 +222,7 @@ class FluxTrainService(DistributedService):
             raise RequestTimeout(f"Preprocessing took longer than {self.config.preprocess_timeout_s:g} s.") from e
         finally:
             if output is None:
-                gen.cancel()
+                cancel_call(gen, info)
         if output is None:  # stream_endpoint ends with the output or raises: a broken preprocessor
             raise UpstreamError("The preprocessor returned no output.")
         ctx.partial(PreprocessingStatus(num_images=output.num_images, message=output.message), kind="preprocessing")

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import HTTPConnection
 
-from serve_app.context import RequestInfo
+from serve_app.context import RequestInfo, cancel_call
 from serve_app.endpoints import EndpointSpec, ServiceRoute
 from serve_app.errors import RequestTimeout
 from serve_app.events import Output, StreamItem
@@ -50,7 +50,7 @@ class Dispatcher:
             spec.route(route.prefix): (route, spec) for route in routes for spec in route.endpoints
         }
         self._billed = _billing_counter()
-        self.caller = RequestInfo.here()  # this replica's actor: services cancel work it orphans
+        self.caller = RequestInfo.here()  # this process's CancelBoard: services stop work it cancels or orphans
 
     def _bill(self, route: ServiceRoute, spec: EndpointSpec, units: float) -> float:
         """Count units billed for a completed call (the `x-fal-billable-units` metric)."""
@@ -89,10 +89,10 @@ class Dispatcher:
         try:
             output = await asyncio.wait_for(asyncio.shield(response), timeout_s) if timeout_s else await response
         except TimeoutError as e:
-            _cancel(response)
+            cancel_call(response, info)
             raise RequestTimeout(f"The request took longer than {timeout_s:g} s and was cancelled.") from e
         except asyncio.CancelledError:
-            _cancel(response)
+            cancel_call(response, info)
             raise
         timings = {**(output.timings or {}), "call": time.perf_counter() - called}
         return output.value.model_dump(mode="json"), self._bill(route, spec, spec.billable_units(payload)), timings
@@ -115,13 +115,13 @@ class Dispatcher:
             try:
                 return await asyncio.wait_for(gen.__anext__(), max(0.0, deadline - asyncio.get_running_loop().time()))
             except TimeoutError as e:
-                _cancel(gen)
+                cancel_call(gen, info)
                 raise RequestTimeout(f"The request took longer than {timeout_s:g} s and was cancelled.") from e
 
         try:
             first = await next_item()
         except asyncio.CancelledError:
-            _cancel(gen)
+            cancel_call(gen, info)
             raise
 
         async def items() -> AsyncIterator[StreamItem]:
@@ -138,13 +138,6 @@ class Dispatcher:
                         return
             finally:
                 if not exhausted:  # closed or cancelled early: stop the service's work too
-                    gen.cancel()
+                    cancel_call(gen, info)
 
         return items(), spec.billable_units(payload)
-
-
-def _cancel(response: Any) -> None:
-    """Cancel a Serve response or response generator (its replica's work stops)."""
-    cancel = getattr(response, "cancel", None)
-    if callable(cancel):
-        cancel()

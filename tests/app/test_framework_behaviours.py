@@ -7,6 +7,7 @@ import json
 import time
 
 import httpx
+import pytest
 
 from tests.app.conftest import FIXTURE_PREFIX
 
@@ -81,6 +82,40 @@ def test_client_disconnect_cancels_the_running_job(client: httpx.Client) -> None
     assert after["cancelled"] == before["cancelled"] + 1
     assert after["completed"] == before["completed"]
     assert client.post(STEPS, json={"steps": 1}).status_code == 200
+
+
+def test_a_cancel_serve_loses_is_found_on_the_callers_board(client: httpx.Client) -> None:
+    """Serve's cancel is best effort (ray-project/ray#52533). The ingress also posts its cancel on
+    its `CancelBoard`, which the replica polls: here only the board hears of it, and the work stops."""
+    import ray
+    from ray import serve
+
+    from serve_app.context import CancelBoard, RequestInfo
+    from serve_app.errors import RequestCancelled
+
+    board = ray.remote(CancelBoard).options(num_cpus=0).remote()
+    info = RequestInfo("lost-cancel", f"{STEPS}", caller=board)
+    other = RequestInfo("lost-cancel", f"{STEPS}", caller=board)
+    assert info.call_id != other.call_id  # a client's request id may repeat; a call's id doesn't
+    handle = serve.get_deployment_handle("behaviours", app_name="fixtures")
+    before = stats(client)
+    gen = handle.options(stream=True).stream_endpoint.remote("steps", {"steps": 400}, info, store=False)
+    deadline = time.time() + 30
+    while stats(client)["started"] == before["started"]:
+        assert time.time() < deadline, "the call never started"
+        time.sleep(0.1)
+    ray.get(board.cancel.remote(other.call_id))  # someone else's cancel: this call goes on
+    time.sleep(2.5)  # longer than the replica's polling interval
+    assert stats(client)["cancelled"] == before["cancelled"]
+    ray.get(board.cancel.remote(info.call_id))  # Serve is never asked to cancel
+    deadline = time.time() + 15  # 400 steps would take 20 s
+    while (now := stats(client))["cancelled"] == before["cancelled"]:
+        assert time.time() < deadline, f"the cancelled call kept running: {now}"
+        time.sleep(0.2)
+    assert now["completed"] == before["completed"]
+    with pytest.raises(RequestCancelled):
+        for _ in gen:
+            pass
 
 
 def test_python_handles(serve_url: str) -> None:
