@@ -56,14 +56,21 @@ class RequestInfo:
                 return None
         except Exception:  # a driver, not an actor
             return None
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-        node = ray.get_runtime_context().get_node_id()
-        _board = ray.remote(CancelBoard).options(
-            num_cpus=0, max_concurrency=1000,
-            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node, soft=True),
-        ).remote()
+        _board = start_companion(CancelBoard)
         return _board
+
+
+def start_companion(cls: type) -> Any:
+    """Start a small async actor of `cls` beside this process: on its node, with no CPU reserved,
+    owned by this process (so it dies with it)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    node = ray.get_runtime_context().get_node_id()
+    return ray.remote(cls).options(
+        num_cpus=0, max_concurrency=1000,
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node, soft=True),
+    ).remote()
 
 
 CANCEL_MEMORY_S = 3600.0  # how long a board remembers a cancel (a lost one is found within seconds)

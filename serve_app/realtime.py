@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from serve_app.context import RequestInfo, RunContext
+from serve_app.context import RequestInfo, RunContext, start_companion
 
 logger = logging.getLogger("ray.serve")
 
@@ -196,14 +196,7 @@ def replica_inbox() -> Any:
     """This process's inbox actor, created on first use on the same node (it dies with the replica)."""
     global _inbox
     if _inbox is None:
-        import ray
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-        node = ray.get_runtime_context().get_node_id()
-        _inbox = ray.remote(RealtimeInbox).options(
-            num_cpus=0, max_concurrency=1000,
-            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node, soft=True),
-        ).remote()
+        _inbox = start_companion(RealtimeInbox)
     return _inbox
 
 
