@@ -6,6 +6,7 @@ pickled); `RunContext` is what the endpoint method sees: its id, progress report
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 import uuid
@@ -100,6 +101,29 @@ class CancelBoard:
 
 
 _board: Any = None
+CALLER_PING_TIMEOUT_S = 30.0  # a caller too busy to answer within this is not taken for dead
+
+
+async def watch_caller(caller: Any, call_id: str, every_s: float) -> str:
+    """Poll the caller's board every `every_s` s; return "cancelled" once it posted `call_id`, or
+    "orphaned" once it died (its process did).
+
+    Ray does not cancel an actor call, nor a streaming one, when its caller dies: a killed ingress
+    replica would leave its in-flight requests running to the end for nobody. And Serve's cancel is
+    best effort: a client that hung up could leave its work running too. Only a definite death
+    counts (a slow answer or a restarting actor does not).
+    """
+    from ray.exceptions import ActorDiedError
+
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            if await asyncio.wait_for(caller.cancelled.remote(call_id), CALLER_PING_TIMEOUT_S):
+                return "cancelled"
+        except ActorDiedError:
+            return "orphaned"
+        except Exception:  # busy, unreachable for now, or restarting: look again later
+            continue
 
 
 def cancel_call(response: Any, info: RequestInfo) -> None:

@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from serve_app.context import RequestInfo, RunContext, start_companion
+from serve_app.context import RequestInfo, RunContext, start_companion, watch_caller
 
 logger = logging.getLogger("ray.serve")
 
@@ -105,11 +105,9 @@ class RealtimeInbox:
 
     def __init__(self) -> None:
         self._queues: dict[str, asyncio.Queue[Any]] = {}
-        self._gone: dict[str, asyncio.Event] = {}
 
     def open(self, session_id: str) -> None:
         self._queues[session_id] = asyncio.Queue()
-        self._gone[session_id] = asyncio.Event()
 
     def put(self, session_id: str, encoding: Encoding, message: Message) -> None:
         queue = self._queues.get(session_id)
@@ -120,23 +118,6 @@ class RealtimeInbox:
         queue = self._queues.pop(session_id, None)
         if queue is not None:
             queue.put_nowait(_CLOSED)
-        event = self._gone.pop(session_id, None)
-        if event is not None:
-            event.set()  # releases the session's `wait_gone`
-
-    def gone(self, session_id: str) -> None:
-        """The ingress saw the client go away: the session's `wait_gone` returns True."""
-        event = self._gone.get(session_id)
-        if event is not None:
-            event.set()
-
-    async def wait_gone(self, session_id: str) -> bool:
-        """Wait until the client is gone (True) or the session's entry is closed (False)."""
-        event = self._gone.get(session_id)
-        if event is None:
-            return False
-        await event.wait()
-        return session_id in self._gone
 
     async def get(self, session_id: str, timeout: float) -> list[tuple[Encoding, Message]] | None:
         """Messages waiting for the session (waits up to `timeout` for the first); None once closed."""
@@ -200,13 +181,14 @@ def replica_inbox() -> Any:
     return _inbox
 
 
-async def serve_session(fn: SessionFn, session_id: str, info: RequestInfo) -> AsyncIterator[Any]:
+async def serve_session(fn: SessionFn, session_id: str, info: RequestInfo,
+                        caller_check_s: float = 2.0) -> AsyncIterator[Any]:
     """Run a session method; yield `Attach(inbox)`, then every message it sends.
 
     The method's exception ends the stream (the ingress turns it into an error frame). When the client
-    goes away the method is cancelled, by either of two paths, whichever arrives first: Serve cancels
-    the stream (`ray.cancel`, best effort), or the ingress marks the session gone in the inbox, which
-    a watcher here waits for. The second path is what makes the cancel certain.
+    goes away the method is cancelled: by Serve's cancel of the stream (best effort), else within
+    `caller_check_s` by the caller's board (`serve_app.context.watch_caller`), which also catches a
+    dead ingress. Either way the stream then ends cleanly.
     """
     inbox = replica_inbox()
     await inbox.open.remote(session_id)
@@ -215,29 +197,28 @@ async def serve_session(fn: SessionFn, session_id: str, info: RequestInfo) -> As
     conn = InboxConnection(session_id, inbox, outgoing)
     task = asyncio.ensure_future(fn(conn, RunContext(info.request_id)))
     task.add_done_callback(lambda _: outgoing.put_nowait(_CLOSED))
-    client_gone = False
+    why_stopped = ""
 
     async def watch() -> None:
-        nonlocal client_gone
-        try:
-            gone = await inbox.wait_gone.remote(session_id)
-        except Exception:  # the inbox died with its node; Serve's cancel still applies
-            return
-        if gone and not task.done():
-            client_gone = True
+        nonlocal why_stopped
+        why = await watch_caller(info.caller, info.call_id, caller_check_s)
+        if not task.done():
+            why_stopped = why
             task.cancel()
 
-    watcher = asyncio.ensure_future(watch())
+    watcher = (asyncio.ensure_future(watch()) if info.caller is not None and caller_check_s else None)
     logger.info("realtime session %s started (%s)", info.request_id, info.route)
     try:
         while (item := await outgoing.get()) is not _CLOSED:
             yield item
-        if client_gone:
-            logger.info("realtime session %s cancelled: the client went away", info.request_id)
+        if why_stopped:
+            logger.info("realtime session %s cancelled: its caller %s", info.request_id,
+                        "died" if why_stopped == "orphaned" else "cancelled it")
         else:
             task.result()
     finally:
-        watcher.cancel()
+        if watcher is not None:
+            watcher.cancel()
         if not task.done():
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)

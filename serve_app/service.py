@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-from serve_app.context import RequestInfo, RunContext
+from serve_app.context import RequestInfo, RunContext, watch_caller
 from serve_app.endpoints import collect_endpoints, collect_realtime
 from serve_app.errors import RequestCancelled
 from serve_app.events import Output, Partial, Progress, StreamEvent, StreamItem
@@ -49,35 +49,15 @@ _ORPHANED = object()
 _CANCELLED = object()
 _RUNTIME_KEY = "serve_app"  # the framework's part of a deployment's user_config
 CALLER_CHECK_S = 2.0  # how often a running request checks that its caller is alive
-CALLER_PING_TIMEOUT_S = 30.0  # a caller too busy to answer within this is not taken for dead
 _thread_owner = threading.local()  # on a model thread: `owner` is the id of the service it runs
 
 S = TypeVar("S", bound="Service")
 
 
 async def _watch_caller(caller: Any, call_id: str, queue: asyncio.Queue[Any], every_s: float) -> None:
-    """Put `_ORPHANED` on `queue` once the process that made this call has died, `_CANCELLED` once it
-    has cancelled the call (its `CancelBoard`, see `serve_app.context`).
-
-    Ray does not cancel an actor call, nor a streaming one, when its caller dies: a killed ingress
-    replica would leave its in-flight requests running to the end for nobody. And Serve's cancel is
-    best effort: a client that hung up could leave its work running too. Only a definite death
-    counts (a slow answer or a restarting actor does not).
-    """
-    from ray.exceptions import ActorDiedError
-
-    while True:
-        await asyncio.sleep(every_s)
-        try:
-            cancelled = await asyncio.wait_for(caller.cancelled.remote(call_id), CALLER_PING_TIMEOUT_S)
-        except ActorDiedError:
-            queue.put_nowait(_ORPHANED)
-            return
-        except Exception:  # busy, unreachable for now, or restarting: look again later
-            continue
-        if cancelled:
-            queue.put_nowait(_CANCELLED)
-            return
+    """Put `_ORPHANED` or `_CANCELLED` on `queue` when `watch_caller` finds the call's caller dead, or
+    its cancel posted (see `serve_app.context`)."""
+    queue.put_nowait(_ORPHANED if await watch_caller(caller, call_id, every_s) == "orphaned" else _CANCELLED)
 
 
 def wants_inline_files(request: BaseModel | dict[str, Any]) -> bool:
@@ -320,7 +300,7 @@ class Service:
 
         if not any(spec.method == method for spec in collect_realtime(type(self))):
             raise ValueError(f"{type(self).__name__} has no realtime method {method!r}")
-        async for item in serve_session(getattr(self, method), session_id, info):
+        async for item in serve_session(getattr(self, method), session_id, info, self.caller_check_s):
             yield item
 
     def check_health(self) -> None:

@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from serve_app.auth import ApiKeyAuth
-from serve_app.context import RequestInfo
+from serve_app.context import RequestInfo, cancel_call
 from serve_app.endpoints import RealtimeSpec, ServiceRoute
 from serve_app.errors import to_http, unwrap_remote_error
 from serve_app.ingress.dispatcher import Dispatcher
@@ -82,12 +82,13 @@ async def _client_to_inbox(client: _Client, inbox: Any, session_id: str) -> None
         inbox.put.remote(session_id, encoding, message)
 
 
-async def run_session(websocket: WebSocket, route: ServiceRoute, spec: RealtimeSpec, base_url: str) -> None:
+async def run_session(websocket: WebSocket, route: ServiceRoute, spec: RealtimeSpec, base_url: str,
+                      caller: Any = None) -> None:
     """Bridge one accepted WebSocket to a session on a service replica."""
     client = _Client(websocket)
     request_id = websocket.scope.get("state", {}).get("request_id") or uuid.uuid4().hex
     session_id = uuid.uuid4().hex
-    info = RequestInfo(request_id, spec.route(route.prefix), base_url)
+    info = RequestInfo(request_id, spec.route(route.prefix), base_url, caller)
     gen = route.handle.options(stream=True).realtime_session.remote(spec.method, session_id, info)
     inbox: Any = None
     reader: asyncio.Task[None] | None = None
@@ -124,15 +125,13 @@ async def run_session(websocket: WebSocket, route: ServiceRoute, spec: RealtimeS
     finally:
         if reader is not None:
             reader.cancel()
-        # The client went away (or the session ended): cancel the session on its replica, which then
-        # closes its inbox entry itself. Serve's cancel is best effort, so the inbox is told too; the
-        # replica cancels the session when either arrives (a no-op once the session has ended).
-        # Closing the inbox from here at once would race the cancel: a session reading its messages
-        # would see them end and return as if the client had said goodbye. The late close is only
-        # for a replica that never got either (it died).
-        gen.cancel()
+        # The client went away (or the session ended): cancel the session on its replica (Serve's
+        # cancel, and a post on our board for when Serve loses it), which then closes its inbox entry
+        # itself. Closing the inbox from here at once would race the cancel: a session reading its
+        # messages would see them end and return as if the client had said goodbye. The late close
+        # is only for a replica that never got the cancel (it died).
+        cancel_call(gen, info)
         if inbox is not None:
-            inbox.gone.remote(session_id)
             asyncio.get_running_loop().call_later(INBOX_CLOSE_GRACE_S, inbox.close.remote, session_id)
 
 
@@ -149,7 +148,7 @@ def add_realtime_routes(app: FastAPI, dispatcher: Dispatcher, route: ServiceRout
             await websocket.close(code=1008, reason=str(exc.detail))  # before accept: an HTTP 403
             return
         await websocket.accept()
-        await run_session(websocket, route, spec, dispatcher.base_url(websocket))
+        await run_session(websocket, route, spec, dispatcher.base_url(websocket), dispatcher.caller)
 
     async def describe() -> JSONResponse:
         return JSONResponse({"detail": f"{path} is a WebSocket endpoint: connect with ws:// or wss://."},

@@ -104,11 +104,15 @@ def test_disconnect_cancels_the_session_on_the_replica(serve_url: str, client: h
 
 
 @pytest.mark.usefixtures("ray_cluster")
-def test_the_inbox_alone_cancels_a_session_whose_client_is_gone() -> None:
-    """Serve's cancel of the stream is best effort; the ingress also marks the session gone in the
-    replica's inbox, and that alone cancels a session that never reads (no Serve cancel here)."""
-    from serve_app.context import RequestInfo
+def test_the_callers_board_alone_cancels_a_session_whose_client_is_gone() -> None:
+    """Serve's cancel of the stream is best effort; the ingress also posts the cancel on its board,
+    and that alone cancels a session that never reads (no Serve cancel here)."""
+    import ray
+
+    from serve_app.context import CancelBoard, RequestInfo
     from serve_app.realtime import Attach, RealtimeConnection, serve_session
+
+    board = ray.remote(CancelBoard).options(num_cpus=0).remote()
 
     async def scenario() -> tuple[bool, bool]:
         cancelled = asyncio.Event()
@@ -121,25 +125,25 @@ def test_the_inbox_alone_cancels_a_session_whose_client_is_gone() -> None:
                 cancelled.set()
                 raise
 
-        info = RequestInfo("req-gone", "/test/echo", "http://127.0.0.1")
         for session_id, gone in (("still-here", False), ("went-away", True)):
-            gen = serve_session(session, session_id, info)
+            info = RequestInfo("req-gone", "/test/echo", "http://127.0.0.1", board)
+            gen = serve_session(session, session_id, info, caller_check_s=0.2)
             attach = await gen.__anext__()
             assert isinstance(attach, Attach)
             assert await gen.__anext__() == {"type": "ready"}
-            if not gone:  # nothing said: the session keeps running
+            if not gone:  # another call's cancel: the session keeps running
+                await board.cancel.remote("some other call")
                 with pytest.raises(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(cancelled.wait()), 1.0)
                 await gen.aclose()
                 continue
-            attach.inbox.gone.remote(session_id)
+            await board.cancel.remote(info.call_id)
             with pytest.raises(StopAsyncIteration):  # ends cleanly: nobody is left to get an error
                 await asyncio.wait_for(gen.__anext__(), 30)
         closed_within = time.monotonic() + 10  # the session's close is sent without waiting for it
-        while await attach.inbox.wait_gone.remote("went-away"):  # True until the entry is closed
+        while await attach.inbox.get.remote("went-away", 0.05) is not None:  # None once closed
             if time.monotonic() > closed_within:
                 return cancelled.is_set(), False
-            await asyncio.sleep(0.05)
         return cancelled.is_set(), True
 
     cancelled, entry_closed = asyncio.run(scenario())
