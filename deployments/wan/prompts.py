@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from serve_app.service import RequestInfo
+from serve_app.context import RequestInfo, cancel_call
 
 logger = logging.getLogger("ray.serve")
 
@@ -99,10 +99,11 @@ class AnyLLMClient:
         handle = await self._get_handle()
         payload = {"prompt": prompt, "system_prompt": system_prompt, "model": self.settings.model,
                    "max_tokens": max_tokens}
-        response = handle.call_endpoint.remote(self.method, payload, RequestInfo("", f"/{self.settings.service}"))
+        info = RequestInfo("", f"/{self.settings.service}")
+        response = handle.call_endpoint.remote(self.method, payload, info)
         try:
             output = await response
         except asyncio.CancelledError:
-            response.cancel()  # a timeout or a gone caller: stop the generation too
+            cancel_call(response, info)  # a timeout or a gone caller: stop the generation too
             raise
         return str(output.output)
